@@ -1,0 +1,45 @@
+"""Shared test fixtures: the real data root, the repo root and a runner for `python -m vit_lab.*`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def data_root() -> Path:
+    """The real MNIST root: $VIT_LAB_DATA (CI sets it), else ../shared/data beside the repo."""
+    root = Path(os.environ.get("VIT_LAB_DATA") or REPO.parent / "shared" / "data")
+    if not (root / "MNIST" / "raw").is_dir():
+        pytest.fail(f"real MNIST not found under {root}; set VIT_LAB_DATA to the data root")
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    return data_root()
+
+
+# Tiny budgets keep end-to-end runs at a few seconds on 2 cores.
+TINY = ["trainer.epochs=2", "data.train_limit=1024", "data.val_size=256", "data.test_limit=256",
+        "trainer.batch_size=64", "model.depth=1", "model.hidden_d=16", "model.patch_size=7", "optimizer.lr=0.01",
+        "scheduler.warmup_epochs=0.2", "trainer.progress=false"]
+
+
+def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m <module> args...` as a user would, with the real data root."""
+    full_env = {**os.environ, "VIT_LAB_DATA": str(data_root()), "MPLBACKEND": "Agg", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full_env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def run_train(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run_module("vit_lab.train", *args, **kwargs)

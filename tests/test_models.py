@@ -1,0 +1,164 @@
+"""The ViT against plain loop references of the tutorial, its shapes and its errors; the CNN baseline."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vit_lab.errors import ShapeError
+from vit_lab.models import MyMSA, MyViT, MyViTBlock, SimpleCNN, get_positional_embeddings, patchify
+
+
+def loop_patchify(images: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """The tutorial's patchify, loops and all."""
+    n, c, h, w = images.shape
+    rows, cols = h // ph, w // pw
+    patches = torch.zeros(n, rows * cols, c * ph * pw)
+    for idx, image in enumerate(images):
+        for i in range(rows):
+            for j in range(cols):
+                patch = image[:, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw]
+                patches[idx, i * cols + j] = patch.flatten()
+    return patches
+
+
+@pytest.mark.parametrize("shape,patch", [((2, 1, 28, 28), 4), ((2, 1, 28, 28), 7), ((3, 3, 12, 8), 4),
+                                         ((1, 2, 6, 9), (3, 3)), ((2, 3, 8, 12), (4, 6)), ((1, 1, 5, 5), 1)])
+def test_patchify_matches_tutorial_loop(shape, patch):
+    x = torch.randn(shape)
+    ph, pw = (patch, patch) if isinstance(patch, int) else patch
+    assert torch.equal(patchify(x, patch), loop_patchify(x, ph, pw))
+
+
+def test_patchify_rejects_non_divisor():
+    with pytest.raises(ShapeError, match="5"):
+        patchify(torch.zeros(1, 1, 28, 28), 5)
+
+
+def test_positional_table_values():
+    table = get_positional_embeddings(50, 8)
+    assert table.shape == (50, 8)
+    for i in (0, 1, 7, 49):
+        for j in range(8):
+            expected = math.sin(i / 10000 ** (j / 8)) if j % 2 == 0 else math.cos(i / 10000 ** ((j - 1) / 8))
+            assert table[i, j].item() == pytest.approx(expected, abs=1e-6)
+
+
+def loop_tutorial_msa(msa: MyMSA, x: torch.Tensor) -> torch.Tensor:
+    """The tutorial's MSA: loops over sequences and heads, each head with its own q, k, v on its slice."""
+    dh = msa.d_head
+    out = []
+    for seq in x:
+        heads = []
+        for h in range(msa.n_heads):
+            w, b = msa.qkv_weight[h], msa.qkv_bias[h]
+            s = seq[:, h * dh:(h + 1) * dh]
+            q, k, v = (s @ w[i].T + b[i] for i in range(3))
+            attn = torch.softmax(q @ k.T / dh ** 0.5, dim=-1)
+            heads.append(attn @ v)
+        out.append(torch.hstack(heads))
+    return torch.stack(out)
+
+
+def loop_fused_msa(msa: MyMSA, x: torch.Tensor) -> torch.Tensor:
+    """Standard attention, one head at a time."""
+    dh = msa.d_head
+    qkv = msa.qkv(x)
+    q, k, v = qkv.split(msa.d, dim=-1)
+    heads = []
+    for h in range(msa.n_heads):
+        sl = slice(h * dh, (h + 1) * dh)
+        attn = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) / dh ** 0.5, dim=-1)
+        heads.append(attn @ v[..., sl])
+    return msa.proj(torch.cat(heads, dim=-1))
+
+
+@pytest.mark.parametrize("d,heads", [(8, 2), (12, 3), (16, 1), (16, 16)])
+def test_tutorial_attention_matches_loop(d, heads):
+    torch.manual_seed(0)
+    msa = MyMSA(d, heads, style="tutorial").eval()
+    x = torch.randn(3, 50, d)
+    assert torch.allclose(msa(x), loop_tutorial_msa(msa, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("d,heads", [(8, 2), (64, 4), (12, 3)])
+def test_fused_attention_matches_loop(d, heads):
+    torch.manual_seed(0)
+    msa = MyMSA(d, heads, style="fused").eval()
+    x = torch.randn(2, 17, d)
+    assert torch.allclose(msa(x), loop_fused_msa(msa, x), atol=1e-5)
+
+
+def test_tutorial_attention_has_no_output_projection_and_per_head_params():
+    msa = MyMSA(8, 2, style="tutorial")
+    assert not hasattr(msa, "proj")
+    assert sum(p.numel() for p in msa.parameters()) == 2 * 3 * (4 * 4 + 4)
+
+
+def test_block_is_prenorm_residual():
+    torch.manual_seed(0)
+    block = MyViTBlock(8, 2).eval()
+    x = torch.randn(2, 5, 8)
+    h = x + block.mhsa(block.norm1(x))
+    assert torch.allclose(block(x), h + block.mlp(block.norm2(h)), atol=1e-6)
+
+
+def test_tutorial_model_parameter_count():
+    model = MyViT((1, 28, 28), patch_size=4, depth=2, hidden_d=8, n_heads=2, out_d=10, attention="tutorial")
+    assert sum(p.numel() for p in model.parameters()) == 1642
+
+
+@pytest.mark.parametrize("chw,patch,pool,pos", [((1, 28, 28), 4, "cls", "sinusoidal"), ((1, 28, 28), 7, "mean", "learned"),
+                                                ((3, 32, 32), 8, "cls", "learned"), ((3, 12, 20), (4, 5), "mean", "sinusoidal"),
+                                                ((2, 9, 9), 3, "cls", "sinusoidal")])
+@pytest.mark.parametrize("attention", ["fused", "tutorial"])
+def test_shapes_and_backward(chw, patch, pool, pos, attention):
+    model = MyViT(chw, patch_size=patch, depth=2, hidden_d=12, n_heads=3, out_d=7, pool=pool, pos_embed=pos,
+                  attention=attention, dropout=0.1)
+    out = model(torch.randn(4, *chw))
+    assert out.shape == (4, 7)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_returns_logits_unless_tutorial_bug_requested():
+    x = torch.randn(4, 1, 28, 28)
+    model = MyViT(hidden_d=8, n_heads=2)
+    logits = model(x)
+    assert not torch.allclose(logits.sum(1), torch.ones(4))
+    buggy = MyViT(hidden_d=8, n_heads=2, head_softmax=True)
+    buggy.load_state_dict(model.state_dict())
+    probs = buggy(x)
+    assert torch.allclose(probs, logits.softmax(-1), atol=1e-6)
+
+
+def test_double_softmax_floor():
+    """The tutorial's bug: cross-entropy on softmax outputs cannot fall below ln(1 + 9/e)."""
+    probs = F.one_hot(torch.tensor([3]), 10).float()  # a perfectly confident, correct model
+    assert F.cross_entropy(probs, torch.tensor([3])).item() == pytest.approx(math.log(1 + 9 / math.e), abs=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(patch_size=5), ["patch_size=5", "28x28", "[1, 2, 4, 7, 14, 28]"]),
+    (dict(patch_size=(4, 6)), ["patch_size=[4,6]"]),
+    (dict(hidden_d=10, n_heads=4), ["n_heads=4", "hidden_d=10", "[1, 2, 5, 10]"]),
+    (dict(depth=0), ["depth=0"]),
+    (dict(pool="max"), ["pool"]),
+    (dict(attention="linear"), ["linear"]),
+])
+def test_shape_errors_name_the_values(kwargs, words):
+    with pytest.raises(ShapeError) as err:
+        MyViT((1, 28, 28), **kwargs)
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_cnn_baseline_any_shape():
+    for chw in [(1, 28, 28), (3, 32, 16), (2, 5, 7)]:
+        model = SimpleCNN(chw, out_d=4)
+        assert model(torch.randn(3, *chw)).shape == (3, 4)
+    with pytest.raises(ShapeError):
+        SimpleCNN((1, 2, 2))

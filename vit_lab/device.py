@@ -1,0 +1,48 @@
+"""Device selection: `auto` picks cuda, then mps, then cpu; an absent device is a clear error."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from vit_lab.errors import ConfigError, DeviceError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map a config name (auto, cpu, cuda, cuda:N, mps) to an available torch.device."""
+    base = str(name).split(":")[0]
+    if base not in DEVICES:
+        raise ConfigError(f"device={name!r} is unknown; use one of {', '.join(DEVICES)}")
+    if base == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
+    if base == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device={name} was requested but no CUDA GPU is available here; use device=cpu or device=auto")
+        index = torch.device(name).index or 0
+        if index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device={name} was requested but only {torch.cuda.device_count()} CUDA device(s) exist; use device=cuda:0"
+            )
+    if base == "mps" and not _mps_available():
+        raise DeviceError(f"device={name} was requested but Apple MPS is not available here; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed-precision context for the forward pass; a no-op in fp32."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"device.precision={precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

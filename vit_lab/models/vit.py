@@ -1,0 +1,199 @@
+"""The Vision Transformer, vectorised, with the seed tutorial's public names.
+
+`MyViT`, `MyViTBlock`, `MyMSA`, `patchify` and `get_positional_embeddings` keep the names of the seed
+("Vision Transformers from Scratch"), but nothing loops in Python over images, patches or heads:
+patchify is one reshape, and attention goes through `F.scaled_dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vit_lab.errors import ShapeError
+
+
+def patchify(images: torch.Tensor, patch_size: int | Sequence[int]) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, C*ph*pw), patches in row-major grid order, each flattened channel-major.
+
+    This is exactly the tutorial's order: patch (i, j) is token ``i * W/pw + j`` and holds
+    ``image[:, i*ph:(i+1)*ph, j*pw:(j+1)*pw].flatten()``.
+    """
+    ph, pw = _pair(patch_size)
+    b, c, h, w = images.shape
+    if h % ph or w % pw:
+        raise ShapeError(f"patch size {ph}x{pw} does not divide the image size {h}x{w}; choose a divisor of both")
+    x = images.reshape(b, c, h // ph, ph, w // pw, pw)
+    x = x.permute(0, 2, 4, 1, 3, 5)  # (B, nh, nw, C, ph, pw)
+    return x.reshape(b, (h // ph) * (w // pw), c * ph * pw)
+
+
+def get_positional_embeddings(sequence_length: int, d: int) -> torch.Tensor:
+    """The tutorial's fixed 1-D sinusoidal table: sin(i / 10000^(j/d)) at even j, cos(i / 10000^((j-1)/d)) at odd j."""
+    i = torch.arange(sequence_length, dtype=torch.float64)[:, None]
+    j = torch.arange(d, dtype=torch.float64)[None, :]
+    even = (j - j % 2) / d  # j for even j, j-1 for odd j
+    angle = i / torch.pow(10000.0, even)
+    table = torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return table.to(torch.float32)
+
+
+class MyMSA(nn.Module):
+    """Multi-head self-attention, in one of two styles.
+
+    ``style="fused"`` is the standard layout (one qkv projection over the whole width, then an output
+    projection). ``style="tutorial"`` is the seed's: head h takes its own d/h slice of each token and
+    has its own q, k, v Linear(d/h, d/h); heads are concatenated with no output projection. Both are
+    computed for all heads at once.
+    """
+
+    def __init__(self, d: int, n_heads: int = 2, style: str = "fused", dropout: float = 0.0) -> None:
+        super().__init__()
+        if n_heads < 1 or d % n_heads:
+            raise ShapeError(f"n_heads={n_heads} does not divide hidden_d={d}; choose n_heads among the divisors of {d}")
+        if style not in ("fused", "tutorial"):
+            raise ShapeError(f"attention style {style!r} is unknown; use 'fused' or 'tutorial'")
+        self.d, self.n_heads, self.d_head, self.style, self.dropout = d, n_heads, d // n_heads, style, dropout
+        if style == "fused":
+            self.qkv = nn.Linear(d, 3 * d)
+            self.proj = nn.Linear(d, d)
+            self.proj_drop = nn.Dropout(dropout)
+        else:
+            # per head: q, k, v weights (out, in) and biases, stacked so one einsum applies them all
+            dh = self.d_head
+            bound = 1 / math.sqrt(dh)  # nn.Linear's default init
+            self.qkv_weight = nn.Parameter(torch.empty(n_heads, 3, dh, dh).uniform_(-bound, bound))
+            self.qkv_bias = nn.Parameter(torch.empty(n_heads, 3, dh).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h, dh = self.n_heads, self.d_head
+        if self.style == "fused":
+            q, k, v = self.qkv(x).reshape(b, n, 3, h, dh).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, dh)
+        else:
+            xh = x.reshape(b, n, h, dh)  # head h sees its own slice
+            qkv = torch.einsum("bnhi,hkoi->kbhno", xh, self.qkv_weight)  # (3, B, h, N, dh)
+            q, k, v = qkv + self.qkv_bias.permute(1, 0, 2)[:, None, :, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(b, n, d)  # concatenate heads
+        return self.proj_drop(self.proj(out)) if self.style == "fused" else out
+
+
+class MyViTBlock(nn.Module):
+    """Pre-norm transformer encoder block: x + MSA(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, hidden_d: int, n_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 attention: str = "fused") -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_d)
+        self.mhsa = MyMSA(hidden_d, n_heads, style=attention, dropout=dropout)
+        self.norm2 = nn.LayerNorm(hidden_d)
+        hidden = int(round(mlp_ratio * hidden_d))
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_d, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden_d), nn.Dropout(dropout)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mhsa(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class MyViT(nn.Module):
+    """ViT classifier for (C, H, W) images. Returns logits, unless ``head_softmax`` recreates the tutorial's bug.
+
+    The tutorial ends its head with a Softmax and then applies CrossEntropyLoss, which softmaxes twice;
+    ``head_softmax=True`` keeps that only so its cost can be measured.
+    """
+
+    def __init__(
+        self,
+        chw: Sequence[int] = (1, 28, 28),
+        patch_size: int | Sequence[int] = 4,
+        depth: int = 2,
+        hidden_d: int = 8,
+        n_heads: int = 2,
+        out_d: int = 10,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        attention: str = "fused",
+        pos_embed: str = "sinusoidal",
+        pool: str = "cls",
+        head_softmax: bool = False,
+    ) -> None:
+        super().__init__()
+        c, h, w = (int(v) for v in chw)
+        ph, pw = _pair(patch_size)
+        check_vit_shape((c, h, w), (ph, pw), hidden_d, n_heads, depth=depth, mlp_ratio=mlp_ratio)
+        if pos_embed not in ("sinusoidal", "learned"):
+            raise ShapeError(f"model.pos_embed={pos_embed!r} is unknown; use 'sinusoidal' or 'learned'")
+        if pool not in ("cls", "mean"):
+            raise ShapeError(f"model.pool={pool!r} is unknown; use 'cls' or 'mean'")
+        self.chw, self.patch_size, self.pool, self.head_softmax = (c, h, w), (ph, pw), pool, head_softmax
+        self.n_patches = (h // ph) * (w // pw)
+        n_tokens = self.n_patches + (pool == "cls")
+
+        self.linear_mapper = nn.Linear(c * ph * pw, hidden_d)  # the tutorial's patch embedding
+        self.class_token = nn.Parameter(torch.rand(1, hidden_d)) if pool == "cls" else None
+        if pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.randn(n_tokens, hidden_d) * 0.02)
+        else:
+            self.register_buffer("pos_embed", get_positional_embeddings(n_tokens, hidden_d), persistent=False)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            MyViTBlock(hidden_d, n_heads, mlp_ratio, dropout, attention) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(hidden_d) if pool == "mean" else nn.Identity()
+        self.mlp = nn.Linear(hidden_d, out_d)  # the tutorial's classification head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.linear_mapper(patchify(images, self.patch_size))  # (B, N, d)
+        if self.class_token is not None:
+            cls = self.class_token.expand(tokens.shape[0], 1, -1)
+            tokens = torch.cat([cls, tokens], dim=1)  # (B, 1+N, d)
+        x = self.drop(tokens + self.pos_embed)
+        for block in self.blocks:
+            x = block(x)
+        x = x[:, 0] if self.pool == "cls" else self.norm(x.mean(dim=1))  # (B, d)
+        logits = self.mlp(x)
+        return logits.softmax(dim=-1) if self.head_softmax else logits
+
+
+def check_vit_shape(chw: Sequence[int], patch_size: int | Sequence[int], hidden_d: int, n_heads: int,
+                    depth: int = 1, mlp_ratio: float = 4.0) -> None:
+    """Raise ShapeError, naming the values and the fix, for any combination that cannot build a ViT."""
+    c, h, w = (int(v) for v in chw)
+    ph, pw = _pair(patch_size)
+    for name, value in (("model.patch_size", min(ph, pw)), ("model.hidden_d", hidden_d), ("model.n_heads", n_heads),
+                        ("model.depth", depth)):
+        if value < 1:
+            raise ShapeError(f"{name}={value} must be a positive integer")
+    if mlp_ratio <= 0:
+        raise ShapeError(f"model.mlp_ratio={mlp_ratio} must be > 0")
+    if h % ph or w % pw:
+        divisors = sorted(set(_divisors(h)) & set(_divisors(w)))
+        raise ShapeError(
+            f"model.patch_size={_fmt(ph, pw)} does not divide the {h}x{w} image; use one of {divisors}"
+        )
+    if hidden_d % n_heads:
+        raise ShapeError(
+            f"model.n_heads={n_heads} does not divide model.hidden_d={hidden_d}; use n_heads in {_divisors(hidden_d)}"
+        )
+
+
+def _pair(p: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(p, int):
+        return p, p
+    p = tuple(int(v) for v in p)
+    return (p[0], p[0]) if len(p) == 1 else (p[0], p[1])
+
+
+def _fmt(ph: int, pw: int) -> str:
+    return str(ph) if ph == pw else f"[{ph},{pw}]"
+
+
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, n + 1) if n % k == 0]

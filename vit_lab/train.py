@@ -1,0 +1,421 @@
+"""The main job: train a model on an IDX image set, validate every epoch, test once at the end.
+
+    python -m vit_lab.train                      # the default ViT on MNIST
+    python -m vit_lab.train model.n_heads=4      # any value can be overridden
+    python -m vit_lab.train resume=outputs/runs/2026-11-27/10-00-00   # continue a run
+
+One readable loop. The run directory gets `metrics.json`, `history.json` and `checkpoint.pt`, each
+written atomically, so a killed run always leaves readable files and can be resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import signal
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import hydra
+import torch
+import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from vit_lab.config import build
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from vit_lab.data import Batches, IDXDataset
+from vit_lab.device import autocast, resolve_device
+from vit_lab.errors import ConfigError, UserError
+from vit_lab.io import atomic_write, read_json, write_json
+from vit_lab.models.vit import check_vit_shape
+
+log = logging.getLogger("vit_lab.train")
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+HISTORY = "history.json"
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved at the step boundary."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; resume with resume=<this run dir>")
+        self.signum = signum
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite: stop instead of burning the rest of the budget."""
+
+
+class RunStopped(Exception):
+    """Raised by an epoch callback to end a run early with a status of its own (e.g. ``pruned``)."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+# --------------------------------------------------------------------------- config checks
+
+
+def _number(cfg: DictConfig, key: str, kind: type, minimum: float | None = None, strict: bool = True,
+            optional: bool = False) -> Any:
+    """Read a numeric config value, failing with a one-line ConfigError naming the key."""
+    value = OmegaConf.select(cfg, key)
+    if value is None and optional:
+        return None
+    ok_types = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types):
+        raise ConfigError(f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ConfigError(f"{key}={value} must be {'>' if strict else '>='} {minimum}")
+    return value
+
+
+def validate_config(cfg: DictConfig) -> IDXDataset:
+    """Check every value before any data is read or any step is taken; returns the data spec."""
+    _number(cfg, "trainer.epochs", int, 0)
+    _number(cfg, "trainer.batch_size", int, 0)
+    _number(cfg, "trainer.eval_batch_size", int, 0)
+    _number(cfg, "trainer.seed", int, 0, strict=False)
+    _number(cfg, "trainer.label_smoothing", float, 0, strict=False)
+    if cfg.trainer.label_smoothing >= 1:
+        raise ConfigError(f"trainer.label_smoothing={cfg.trainer.label_smoothing} must be < 1")
+    _number(cfg, "trainer.grad_clip", float, 0, optional=True)
+    _number(cfg, "optimizer.lr", float, 0)
+    if OmegaConf.select(cfg, "optimizer.weight_decay") is not None:
+        _number(cfg, "optimizer.weight_decay", float, 0, strict=False)
+    if cfg.trainer.progress not in ("auto", True, False):
+        raise ConfigError(f"trainer.progress={cfg.trainer.progress!r} must be auto, true or false")
+
+    spec = build(cfg.data, _convert_="all")
+    spec.validate()
+    if "patch_size" in cfg.model:  # a ViT: check the shape against the data before building anything
+        for key in ("depth", "hidden_d", "n_heads"):
+            _number(cfg, f"model.{key}", int, 0)
+        _number(cfg, "model.mlp_ratio", float, 0)
+        _number(cfg, "model.dropout", float, 0, strict=False)
+        ps = cfg.model.patch_size
+        if not (isinstance(ps, int) and not isinstance(ps, bool)) and not OmegaConf.is_list(ps):
+            raise ConfigError(f"model.patch_size={ps!r} must be an integer")
+        check_vit_shape(spec.chw, ps, cfg.model.hidden_d, cfg.model.n_heads, cfg.model.depth, cfg.model.mlp_ratio)
+    return spec
+
+
+# --------------------------------------------------------------------------- pieces of the loop
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay weight matrices only: decaying norms, biases and embeddings hurts small ViTs."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_matrix = p.ndim >= 2 and "pos_embed" not in name and "class_token" not in name
+        (decay if is_matrix else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Batches, device: torch.device, precision: str) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a split."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for x, y in batches:
+        with autocast(device, precision):
+            out = model(x)
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+        correct += (out.argmax(dim=1) == y).sum()
+        n += len(y)
+    model.train()
+    if n == 0:
+        return float("nan"), float("nan")
+    return loss_sum.item() / n, correct.item() / n
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[dict]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks at each step boundary."""
+    flag: dict = {"signum": None}
+
+    def handler(signum, frame):  # noqa: ARG001
+        flag["signum"] = signum
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread (some launchers): signals stay with their default handlers
+        pass
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def versions() -> dict[str, str]:
+    import hydra as _hydra
+    import optuna
+    import torchvision
+
+    from vit_lab import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "hydra": _hydra.__version__, "optuna": optuna.__version__, "vit_lab": __version__}
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
+    """Find and read a checkpoint (a run directory or the file itself), with errors a user can act on."""
+    path = Path(path)
+    file = path / CHECKPOINT if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"resume={path}: no checkpoint found at {file}; point resume at a run directory or its {CHECKPOINT}")
+    try:
+        return file, torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
+        raise ConfigError(f"resume={path}: {file} is not a readable checkpoint ({type(e).__name__}); start a fresh run") from None
+
+
+def check_compatible(model: torch.nn.Module, state: dict, where: Path) -> None:
+    """A checkpoint of another architecture names the mismatching keys instead of a torch traceback."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = [f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
+                for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if items]
+    if problems:
+        raise ConfigError(f"resume={where} holds a different architecture ({'; '.join(problems)}); "
+                          "use the original run's model overrides")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Run:
+    """The run directory's files: metrics, history and checkpoint, always written atomically."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig) -> None:
+        self.dir = run_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cfg = cfg
+        self.metrics: dict[str, Any] = {
+            "status": "running",
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "epochs": cfg.trainer.epochs,
+            "epochs_completed": 0,
+        }
+        self.history: list[dict] = []
+
+    def write_metrics(self, **updates: Any) -> None:
+        self.metrics.update(updates)
+        write_json(self.dir / METRICS, self.metrics)
+
+    def write_history(self) -> None:
+        write_json(self.dir / HISTORY, self.history)
+
+    def save_checkpoint(self, state: dict) -> None:
+        if self.cfg.trainer.checkpoint:
+            atomic_write(self.dir / CHECKPOINT, lambda f: torch.save(state, f), mode="wb")
+
+
+def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
+    """Train, validate each epoch, test at the end. Returns the best validation accuracy (the sweep objective)."""
+    run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
+    spec = validate_config(cfg)
+    device = resolve_device(cfg.device.name)
+    precision = cfg.device.precision
+    autocast(device, precision)  # validates the precision name early
+    if cfg.device.threads:
+        torch.set_num_threads(_number(cfg, "device.threads", int, 0))
+    hooks: list[Callable[[int, dict], None]] = [build(c) for c in (cfg.get("callbacks") or {}).values()]
+
+    ckpt_file, ckpt = (None, None) if cfg.resume is None else load_checkpoint(cfg.resume)
+    seed = cfg.trainer.seed
+    torch.manual_seed(seed)
+    model = build(cfg.model, chw=spec.chw, out_d=spec.num_classes)
+    if ckpt is not None:
+        check_compatible(model, ckpt["model"], Path(cfg.resume))
+
+    run = Run(run_dir, cfg)
+    run.write_metrics(device=str(device), versions=versions(), n_params=sum(p.numel() for p in model.parameters()),
+                      model=type(model).__name__, resumed_from=str(ckpt_file) if ckpt_file else None)
+    data = spec.load(seed=seed)
+    if device.type != "cpu":  # keep the whole (uint8) dataset on the accelerator: no per-batch host copies
+        data = type(data)(**{k: v.to(device) for k, v in vars(data).items()})
+    model.to(device)
+    step_model = torch.compile(model) if cfg.device.compile else model
+
+    opt = build(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0))
+    norm = dict(mean=spec.mean, std=spec.std, normalize=spec.normalize, device=device)
+    gen = torch.Generator()
+    train_batches = Batches(data.train_images, data.train_labels, cfg.trainer.batch_size, shuffle=True,
+                            augment=build(cfg.augment), generator=gen, **norm)
+    val_batches = Batches(data.val_images, data.val_labels, cfg.trainer.eval_batch_size, **norm)
+    test_batches = Batches(data.test_images, data.test_labels, cfg.trainer.eval_batch_size, **norm)
+    if len(train_batches) == 0:
+        raise ConfigError(f"data.train_limit leaves no training images; raise data.train_limit or lower data.val_size")
+    epochs, steps_per_epoch = cfg.trainer.epochs, len(train_batches)
+    sched = build(cfg.scheduler)(opt, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
+
+    start_epoch, start_step, perm, sums = 0, 0, None, None
+    best_val_acc, train_seconds = float("nan"), 0.0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start_epoch, start_step, perm = ckpt["epoch"], ckpt["step"], ckpt["perm"]
+        sums = ckpt["sums"]
+        gen.set_state(ckpt["gen_state"])
+        torch.set_rng_state(ckpt["rng_state"])
+        run.history, best_val_acc, train_seconds = ckpt["history"], ckpt["best_val_acc"], ckpt["train_seconds"]
+        log.info("resumed from %s at epoch %d, step %d", ckpt_file, start_epoch, start_step)
+
+    def checkpoint_state(epoch: int, step: int, perm: torch.Tensor | None, sums: dict | None) -> dict:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "epoch": epoch, "step": step, "perm": perm, "sums": sums, "gen_state": gen.get_state(),
+                "rng_state": torch.get_rng_state(), "history": run.history, "best_val_acc": best_val_acc,
+                "train_seconds": train_seconds, "config": OmegaConf.to_container(cfg, resolve=True)}
+
+    show_bar = sys.stderr.isatty() if cfg.trainer.progress == "auto" else bool(cfg.trainer.progress)
+    n_train = len(data.train_labels)
+    log.info("%s with %s parameters on %s; %d train / %d val / %d test images; run dir %s",
+             type(model).__name__, f"{run.metrics['n_params']:,}", device, n_train, len(data.val_labels),
+             len(data.test_labels), run_dir)
+
+    with stop_on_signals() as stop:
+        for epoch in range(start_epoch, epochs):
+            if perm is None or start_step == 0:  # a fresh epoch: its order and augmentation come from (seed, epoch)
+                gen.manual_seed(seed * 1_000_003 + epoch)
+                perm, start_step, sums = train_batches.permutation(), 0, None
+            sums = sums or {"loss": 0.0, "correct": 0, "seen": 0}
+            loss_sum = torch.tensor(sums["loss"], device=device, dtype=torch.float64)
+            correct = torch.tensor(sums["correct"], device=device)
+            seen = sums["seen"]
+            model.train()
+            tic = time.perf_counter()
+            bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{epochs}",
+                       disable=not show_bar, leave=False, dynamic_ncols=True)
+            step = start_step
+            for step, (x, y) in enumerate(train_batches.iter_from(start_step, perm), start=start_step + 1):
+                with autocast(device, precision):
+                    out = step_model(x)
+                    loss = criterion(out.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.trainer.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
+                opt.step()
+                sched.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (out.argmax(dim=1) == y).sum()
+                seen += len(y)
+                if step % 25 == 0 or step == steps_per_epoch:
+                    mean_loss = loss_sum.item() / seen
+                    if not math.isfinite(mean_loss):
+                        raise Diverged(f"training loss became {mean_loss} at epoch {epoch + 1}, step {step}; "
+                                       "lower optimizer.lr or set trainer.grad_clip")
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+                bar.update()
+                if stop["signum"] is not None:
+                    train_seconds += time.perf_counter() - tic
+                    sums = {"loss": loss_sum.item(), "correct": int(correct.item()), "seen": seen}
+                    run.save_checkpoint(checkpoint_state(epoch, step, perm, sums))
+                    raise Interrupted(stop["signum"])
+            bar.close()
+            epoch_seconds = time.perf_counter() - tic
+            train_seconds += epoch_seconds
+            trained_now = seen - (sums["seen"] if start_step else 0)
+            val_loss, val_acc = evaluate(model, val_batches, device, precision)
+            if math.isfinite(val_acc) and not (val_acc <= best_val_acc):  # NaN-safe max
+                best_val_acc = val_acc
+            record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+                      "val_loss": val_loss, "val_acc": val_acc, "lr": opt.param_groups[0]["lr"],
+                      "images_per_second": trained_now / epoch_seconds, "epoch_seconds": epoch_seconds,
+                      "train_seconds": train_seconds}
+            run.history.append(record)
+            log.info("epoch %d/%d train_loss %.4f train_acc %.2f%% val_loss %.4f val_acc %.2f%% lr %.2e "
+                     "%.0f img/s %.1fs", epoch + 1, epochs, record["train_loss"], 100 * record["train_acc"],
+                     val_loss, 100 * val_acc, record["lr"], record["images_per_second"], epoch_seconds)
+            perm, start_step, sums = None, 0, None
+            run.write_history()
+            run.save_checkpoint(checkpoint_state(epoch + 1, 0, None, None))
+            run.write_metrics(epochs_completed=epoch + 1, best_val_acc=best_val_acc, val_acc=val_acc,
+                              train_seconds=train_seconds)
+            for hook in hooks:
+                hook(epoch + 1, record)
+            if stop["signum"] is not None:
+                raise Interrupted(stop["signum"])
+
+    test_loss, test_acc = evaluate(model, test_batches, device, precision)
+    images = sum(r["images_per_second"] * r["epoch_seconds"] for r in run.history)
+    run.write_metrics(status="completed", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      test_acc=test_acc, test_loss=test_loss, best_val_acc=best_val_acc,
+                      train_images_per_second=images / max(train_seconds, 1e-9))
+    log.info("test_acc %.2f%% test_loss %.4f best_val_acc %.2f%% train %.1fs; results in %s",
+             100 * test_acc, test_loss, 100 * best_val_acc, train_seconds, run_dir)
+    return float(best_val_acc)
+
+
+def _finish_with_error(run_dir: Path, status: str, reason: str) -> None:
+    """Record why a run ended in its metrics.json, keeping what was already there."""
+    path = run_dir / METRICS
+    try:
+        metrics = read_json(path) if path.exists() else {}
+    except (OSError, ValueError):
+        metrics = {}
+    metrics.update(status=status, reason=reason, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    try:
+        write_json(path, metrics)
+    except OSError:
+        pass
+
+
+def _log_to_files(level: int, message: str) -> None:
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+@hydra.main(config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point: user errors become one line and a non-zero exit (or a failed trial in a sweep)."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        return train(cfg, run_dir)
+    except (UserError, RunStopped, Interrupted) as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        status = getattr(e, "status", "interrupted" if isinstance(e, Interrupted) else "failed")
+        _finish_with_error(run_dir, status, str(e))
+        _log_to_files(logging.ERROR, f"{status}: {e}")  # the console gets the one line below
+        if isinstance(e, Interrupted):
+            print(f"vit_lab: {e}", file=sys.stderr)
+            sys.exit(128 + e.signum)
+        if multirun:  # a failed trial, not a failed sweep: NaN is recorded as a failed trial
+            return float("nan")
+        print(f"vit_lab: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
