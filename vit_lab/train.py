@@ -100,6 +100,7 @@ def validate_config(cfg: DictConfig) -> IDXDataset:
 
     spec = build(cfg.data, _convert_="all")
     spec.validate()
+    build(cfg.augment).validate()
     if "patch_size" in cfg.model:  # a ViT: check the shape against the data before building anything
         for key in ("depth", "hidden_d", "n_heads"):
             _number(cfg, f"model.{key}", int, 0)
