@@ -478,7 +478,7 @@ def test_shift_and_scale_ranges():
 def test_augment_validate(over, key):
     with pytest.raises(ConfigError) as e:
         Augment(enabled=True, **over).validate()
-    one_line_error(e, f"data.augment.{key}=")
+    one_line_error(e, f"augment.{key}=")
 
 
 # ------------------------------------------------------------------------------------------------ real data

@@ -331,16 +331,16 @@ class Augment:
     def validate(self) -> None:
         """Config checks (not in __post_init__, where Hydra would wrap the error)."""
         if not isinstance(self.enabled, bool):
-            raise ConfigError(f"data.augment.enabled={self.enabled!r} must be true or false")
+            raise ConfigError(f"augment.enabled={self.enabled!r} must be true or false")
         if not _is_num(self.max_shift) or not 0 <= self.max_shift < 1:
-            raise ConfigError(f"data.augment.max_shift={self.max_shift!r} must be in [0, 1) (fraction of the image size)")
+            raise ConfigError(f"augment.max_shift={self.max_shift!r} must be in [0, 1) (fraction of the image size)")
         if not _is_num(self.degrees) or not 0 <= self.degrees <= 180:
-            raise ConfigError(f"data.augment.degrees={self.degrees!r} must be in [0, 180]")
+            raise ConfigError(f"augment.degrees={self.degrees!r} must be in [0, 180]")
         s = self.scale
         if not isinstance(s, (list, tuple)) or len(s) != 2 or not all(_is_num(v) for v in s) or not 0 < s[0] <= s[1]:
-            raise ConfigError(f"data.augment.scale={s!r} must be [low, high] with 0 < low <= high")
+            raise ConfigError(f"augment.scale={s!r} must be [low, high] with 0 < low <= high")
         if not _is_int(self.crop_padding) or self.crop_padding < 0:
-            raise ConfigError(f"data.augment.crop_padding={self.crop_padding!r} must be an integer >= 0")
+            raise ConfigError(f"augment.crop_padding={self.crop_padding!r} must be an integer >= 0")
 
     @property
     def affine(self) -> bool:
