@@ -1,0 +1,158 @@
+"""`python -m vit_lab.compare`: see, rank, diff and plot runs.
+
+    python -m vit_lab.compare                                  # every run under outputs/
+    python -m vit_lab.compare outputs/multirun/2026-11-27/10-00-00 outputs/runs
+    python -m vit_lab.compare --sort test_acc --top 10 --where model.patch_size=4
+    python -m vit_lab.compare --format markdown|csv|json
+    python -m vit_lab.compare diff RUN_A RUN_B
+    python -m vit_lab.compare --plot curves.png
+    python -m vit_lab.compare --plot sweep.png --x model.patch_size
+    python -m vit_lab.compare outputs/multirun/... --plot history.png --history
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from vit_lab.compare.runs import NoRunsError, display_path, is_run_dir, load_run, walk
+from vit_lab.compare.table import (UsageError, best_run, build_columns, render_csv, render_json, render_text,
+                                   select)
+
+PROG = "python -m vit_lab.compare"
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, no usage dump
+        raise UsageError(f"{message} (see {PROG} --help)")
+
+
+def _table_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Compare run directories: a table of runs (sorted, filtered), Optuna sweep "
+                "summaries and plots. `diff RUN_A RUN_B` compares two runs.",
+                epilog=f"Two runs: {PROG} diff RUN_A RUN_B [--format table|markdown|json]. Keys are metrics "
+                "(test_acc, best_val_acc, test_loss, params, epochs, time, img/s), group choices (model, "
+                "experiment) or config keys (model.patch_size).")
+    p.add_argument("paths", nargs="*", default=["outputs"], help="run or sweep folders to search (default: outputs/)")
+    p.add_argument("--sort", metavar="KEY", help="sort by a metric (accuracies high first) or config key")
+    p.add_argument("--reverse", action="store_true", help="flip the sort order")
+    p.add_argument("--top", type=int, metavar="N", help="show the first N runs after sorting")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="keep runs where KEY=VALUE (also !=, <, <=, >, >=); repeatable, all must hold")
+    p.add_argument("--columns", metavar="LIST", help="comma-separated: path, status, choices, diff, metrics, note, "
+                   "or any metric, choice or config key (default: path,status,choices,diff,metrics,note)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="table (default, fits the terminal), "
+                   "markdown, csv or json (full precision)")
+    p.add_argument("--width", type=int, metavar="N", help="terminal width to fit (default: the terminal's, else 80)")
+    p.add_argument("--plot", metavar="FILE.png", help="write a PNG: learning curves; with --x a metric against "
+                   "a parameter; with --history the Optuna optimisation history")
+    p.add_argument("--x", metavar="KEY", help="with --plot: the parameter for the x axis (e.g. model.patch_size)")
+    p.add_argument("--y", metavar="METRIC", help="with --plot --x: the metric (default: the sort metric, else test_acc)")
+    p.add_argument("--history", action="store_true", help="with --plot: the Optuna studies' optimisation history")
+    p.add_argument("--no-sweeps", action="store_true", help="skip the Optuna sweep summaries")
+    return p
+
+
+def _diff_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=f"{PROG} diff", description="Differing config keys side by side, and metric differences.")
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    return p
+
+
+def _run_diff(argv: Sequence[str]) -> int:
+    from vit_lab.compare.diff import render_diff
+
+    args = _diff_parser().parse_args(argv)
+    runs = []
+    for given in (args.run_a, args.run_b):
+        path = Path(given)
+        if not path.is_dir():
+            raise NoRunsError(f"{given}: no such directory")
+        if not is_run_dir(path):
+            raise NoRunsError(f"{given}: not a run directory (no .hydra/ inside)")
+        runs.append(load_run(path))
+    print(render_diff(*runs, fmt=args.format))
+    return 0
+
+
+def _run_table(argv: Sequence[str]) -> int:
+    args = _table_parser().parse_args(argv)
+    if (args.x or args.history) and not args.plot:
+        raise UsageError("--x and --history go with --plot FILE.png")
+    if args.x and args.history:
+        raise UsageError("--plot takes either --x KEY or --history, not both")
+    run_dirs, sweep_dirs = walk(args.paths)
+    if not run_dirs:
+        raise NoRunsError(f"no runs under {', '.join(args.paths)} (a run is a folder with .hydra/ inside)")
+    from vit_lab.compare.runs import _relative_if_inside
+
+    runs = sorted((load_run(_relative_if_inside(d)) for d in run_dirs), key=lambda r: r.path)
+    shown = select(runs, args.where, args.sort, args.reverse, args.top)
+    if not shown:
+        raise NoRunsError(f"no run matches --where {' '.join(args.where)} ({len(runs)} runs found)")
+    spec = args.columns.split(",") if args.columns else None
+    columns, diff_keys = build_columns(shown, spec)
+    best, best_key = best_run(shown, args.sort)
+
+    sweeps: list[dict] = []
+    if not args.no_sweeps and (sweep_dirs and (args.format != "csv" or args.history)):
+        from vit_lab.compare.sweeps import summaries
+
+        sweeps = summaries(sweep_dirs, lambda d: display_path(Path(_relative_if_inside(d))))
+
+    if args.format == "csv":
+        sys.stdout.write(render_csv(shown, columns, best))
+    elif args.format == "json":
+        from vit_lab.compare.sweeps import public
+
+        print(render_json(shown, diff_keys, best, best_key, [public(s) for s in sweeps]))
+    else:
+        width = args.width or shutil.get_terminal_size((80, 24)).columns
+        print(render_text(shown, columns, best, best_key, width=width, markdown=args.format == "markdown"))
+        if sweeps:
+            from vit_lab.compare.sweeps import render_summary
+
+            for s in sweeps:
+                print()
+                print(render_summary(s, markdown=args.format == "markdown"))
+
+    if args.plot:
+        from vit_lab.compare import plots
+
+        if args.history:
+            out, n = plots.plot_history(sweeps, args.plot)
+            what = f"optimisation history of {n} trials"
+        elif args.x:
+            y = args.y or (args.sort if args.sort else "test_acc")
+            out, n = plots.plot_param(shown, args.plot, args.x, y)
+            what = f"{y} against {args.x} for {n} runs"
+        else:
+            out, n = plots.plot_curves(shown, args.plot, label_keys=diff_keys)
+            what = f"learning curves of {n} runs"
+        print(f"wrote {display_path(out.absolute())}: {what}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "diff":
+            return _run_diff(argv[1:])
+        return _run_table(argv)
+    except (UsageError, NoRunsError) as e:
+        print(f"vit_lab.compare: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""PNG plots on matplotlib's non-interactive Agg backend: learning curves, a metric against a parameter,
+and the optimisation history of Optuna studies."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from vit_lab.compare.runs import RunInfo
+from vit_lab.compare.table import METRICS, UsageError, canonical, fmt_value, lookup, metric_value
+
+CURVES_SIZE = (12.0, 6.0)   # inches; at DPI this is 1200 x 600 pixels (the legend sits below the axes)
+PARAM_SIZE = (8.0, 5.0)     # 800 x 500
+HISTORY_SIZE = (9.0, 5.0)   # 900 x 500
+DPI = 100
+MAX_LEGEND = 12
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def run_labels(runs: Sequence[RunInfo], keys: Sequence[str], width: int = 52) -> list[str]:
+    """Each run's path below the runs' shared folder, plus the differing values when there are at most
+    two of them, e.g. '1 (n_heads=4)' for a grid of n_heads."""
+    paths = [r.path for r in runs]
+    common = os.path.commonpath(paths) if len(paths) > 1 else ""
+    labels = []
+    for run, path in zip(runs, paths):
+        short = os.path.relpath(path, common) if common and common not in paths else path
+        values = [f"{k.rsplit('.', 1)[-1]}={fmt_value(run.value(k))}" for k in keys if run.has(k)] if len(keys) <= 2 else []
+        extra = f" ({', '.join(values)})" if values else ""
+        room = max(width - len(extra), 12)
+        if len(short) > room:
+            short = "..." + short[-(room - 3):]
+        labels.append(short + extra)
+    return labels
+
+
+def _save(fig, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI, format="png")
+    _pyplot().close(fig)
+    return out
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def plot_curves(runs: Sequence[RunInfo], out: str | Path, label_keys: Sequence[str] = ()) -> tuple[Path, int]:
+    """Loss (train solid, val dashed) and validation accuracy per epoch, one colour per run."""
+    with_history = [(r, r.history()) for r in runs]
+    with_history = [(r, h) for r, h in with_history if h]
+    if not with_history:
+        raise UsageError("--plot: none of the shown runs has a readable history.json")
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=CURVES_SIZE)
+    colors = plt.get_cmap("tab10" if len(with_history) <= 10 else "tab20")
+    labels = run_labels([r for r, _ in with_history], label_keys)
+    for i, (run, hist) in enumerate(with_history):
+        color = colors(i % colors.N)
+        label = labels[i] if i < MAX_LEGEND else None
+        ep = [h.get("epoch", j + 1) for j, h in enumerate(hist)]
+        for key, style in (("train_loss", "-"), ("val_loss", "--")):
+            pts = [(e, h.get(key)) for e, h in zip(ep, hist) if _finite(h.get(key))]
+            if pts:
+                ax_loss.plot(*zip(*pts), style, color=color, marker="o", markersize=3)
+        pts = [(e, 100 * h["val_acc"]) for e, h in zip(ep, hist) if _finite(h.get("val_acc"))]
+        if pts:
+            ax_acc.plot(*zip(*pts), "-", color=color, marker="o", markersize=3, label=label)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss (solid: train, dashed: validation)")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    extra = len(with_history) - MAX_LEGEND
+    handles, names = ax_acc.get_legend_handles_labels()
+    ncol = min(3, max(len(names), 1))
+    fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize="small", frameon=False,
+               title=f"+{extra} more runs not in the legend" if extra > 0 else None)
+    rows = math.ceil(len(names) / ncol) + (1 if extra > 0 else 0)
+    fig.tight_layout(rect=(0, min(0.03 + 0.04 * rows, 0.4), 1, 1))
+    return _save(fig, out), len(with_history)
+
+
+def plot_param(runs: Sequence[RunInfo], out: str | Path, x: str, y: str = "test_acc") -> tuple[Path, int]:
+    """A metric against a config value or choice: one point per run, the mean per value joined by a line."""
+    y = canonical(y)
+    if y not in METRICS or y in ("epochs", "device"):
+        raise UsageError(f"--y {y!r}: pick a numeric metric such as test_acc, best_val_acc, test_loss, train_seconds")
+    pts = [(lookup(r, x), metric_value(r, y)) for r in runs if r.has(x) and _finite(metric_value(r, y))]
+    if not pts:
+        raise UsageError(f"--x {x!r}: no shown run has both {x} and {y}")
+    scale = 100.0 if y.endswith("acc") else 1.0
+    numeric = all(_finite(px) for px, _ in pts)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=PARAM_SIZE)
+    if numeric:
+        xs = [float(px) for px, _ in pts]
+        ticks = sorted(set(xs))
+        pos = xs
+    else:
+        names = sorted({fmt_value(px) for px, _ in pts})
+        index = {n: i for i, n in enumerate(names)}
+        pos = [float(index[fmt_value(px)]) for px, _ in pts]
+        ticks = list(range(len(names)))
+        ax.set_xticks(ticks, names)
+    ys = [scale * py for _, py in pts]
+    ax.scatter(pos, ys, s=36, alpha=0.75, label="runs", zorder=3)
+    means = [(t, sum(v for p, v in zip(pos, ys) if p == t) / sum(1 for p in pos if p == t)) for t in sorted(set(pos))]
+    if numeric:
+        ax.plot(*zip(*means), "-", color="tab:orange", label="mean per value", zorder=2)
+    else:  # categories: a bar per mean, no line that would suggest an order
+        ax.scatter(*zip(*means), marker="_", s=900, linewidths=2, color="tab:orange", label="mean per value", zorder=2)
+        ax.set_xlim(-0.5, len(ticks) - 0.5)
+    if numeric and len(ticks) <= 12:
+        ax.set_xticks(ticks, [fmt_value(int(t) if float(t).is_integer() else t) for t in ticks])
+    ylabel = METRICS[y].header.replace("\n", " ") + (" (%)" if scale == 100 else "")
+    ax.set(xlabel=x, ylabel=ylabel, title=f"{ylabel} against {x} ({len(pts)} runs)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, out), len(pts)
+
+
+def plot_history(summaries: Sequence[dict], out: str | Path) -> tuple[Path, int]:
+    """Each Optuna study's trial values by trial number and the best value so far."""
+    from optuna.trial import TrialState
+
+    studies = [s for s in summaries if s.get("_study") is not None]
+    if not studies:
+        raise UsageError("--history: no Optuna study with a readable storage under the given paths")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=HISTORY_SIZE)
+    colors = plt.get_cmap("tab10")
+    n = 0
+    for i, s in enumerate(studies):
+        study, color = s["_study"], colors(i % 10)
+        done = [t for t in study.get_trials(deepcopy=False)
+                if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+        if not done:
+            continue
+        maximize = study.direction.name.lower() == "maximize"
+        xs = [t.number for t in done]
+        vs = [t.value for t in done]
+        best, running = [], None
+        for v in vs:
+            running = v if running is None else (max(running, v) if maximize else min(running, v))
+            best.append(running)
+        ax.scatter(xs, vs, color=color, s=30, alpha=0.7, label=f"{study.study_name}: trials")
+        ax.step(xs, best, where="post", color=color, label=f"{study.study_name}: best so far")
+        n += len(done)
+    if n == 0:
+        raise UsageError("--history: the studies have no complete trial yet")
+    ax.set(xlabel="trial number", ylabel="objective value", title="Optimisation history")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return _save(fig, out), n

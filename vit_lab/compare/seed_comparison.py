@@ -1,0 +1,92 @@
+"""The seed's step 3 from real runs: the tutorial setup, the tutorial with the double-softmax fix, the default
+ViT and the CNN baseline on MNIST, trained one after the other, then one comparison table.
+
+    python -m vit_lab.compare.seed_comparison                          # full budgets, into outputs/seed_comparison/
+    python -m vit_lab.compare.seed_comparison device=cpu --out outputs/seed_cpu
+    python -m vit_lab.compare.seed_comparison --dry-run                # print the four commands only
+
+Extra ``key=value`` arguments are passed to all four runs (so keep them to trainer.*, data.*, device.*).
+A run whose folder already holds a completed ``metrics.json`` is kept, not retrained (``--force`` retrains),
+so an interrupted comparison continues where it stopped. Training logs go to stderr; stdout gets only the
+table, as markdown by default (``--format``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from vit_lab.compare.runs import load_run
+
+# (folder, overrides): the folder names sort in the table's order.
+RUNS = (
+    ("1-tutorial", ["experiment=tutorial"]),
+    ("2-tutorial_fixed", ["experiment=tutorial_fixed"]),
+    ("3-vit", []),
+    ("4-cnn", ["model=cnn"]),
+)
+COLUMNS = "path,status,experiment,model,test_acc,best_val_acc,test_loss,params,epochs,time,img/s,device,note"
+
+
+def commands(out: Path, extra: list[str]) -> list[tuple[Path, list[str]]]:
+    return [(out / name, [sys.executable, "-m", "vit_lab.train", *preset, *extra, f"hydra.run.dir={out / name}"])
+            for name, preset in RUNS]
+
+
+def _log_stream():
+    """Training logs go to stderr, so stdout carries only the table (`... > table.md`)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stderr without a file descriptor
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vit_lab.compare.seed_comparison", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for all four runs, e.g. device=cpu")
+    p.add_argument("--out", default="outputs/seed_comparison", help="folder for the four runs")
+    p.add_argument("--force", action="store_true", help="retrain runs that already completed")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (default 1; keep 1 when the "
+                   "times and img/s are to be compared)")
+    p.add_argument("--format", choices=("markdown", "table", "csv", "json"), default="markdown")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    todo = []
+    for run_dir, cmd in commands(out, args.overrides):
+        shown = " ".join(shlex.quote(c) for c in ["python", *cmd[1:]])
+        if args.dry_run:
+            print(shown)
+        elif not args.force and (run_dir / "metrics.json").exists() and load_run(run_dir).status == "completed":
+            print(f"seed_comparison: keeping completed {run_dir}", file=sys.stderr)
+        else:
+            todo.append((run_dir, cmd, shown))
+    failed = []
+    running: list[tuple[Path, subprocess.Popen]] = []
+    for run_dir, cmd, shown in todo:
+        while len(running) >= max(args.jobs, 1):
+            done, proc = running.pop(0)
+            if proc.wait() != 0:
+                failed.append(done.name)
+        print(f"seed_comparison: {shown}", file=sys.stderr, flush=True)
+        running.append((run_dir, subprocess.Popen(cmd, stdout=_log_stream())))
+    for done, proc in running:
+        if proc.wait() != 0:
+            failed.append(done.name)
+    if args.dry_run:
+        return 0
+    from vit_lab.compare.__main__ import main as compare
+
+    rc = compare([str(out), "--columns", COLUMNS, "--format", args.format, "--no-sweeps"])
+    if failed:
+        print(f"seed_comparison: failed runs: {', '.join(failed)} (see their train.log)", file=sys.stderr)
+        return 1
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

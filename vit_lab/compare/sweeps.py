@@ -1,0 +1,173 @@
+"""Optuna sweep summaries: the study behind a sweep folder, its best trial, trial counts and importances."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from vit_lab.compare.runs import _read_yaml
+
+
+def sweeper_settings(sweep_dir: Path) -> dict | None:
+    """The Optuna sweeper settings recorded for a sweep folder (from a job's hydra.yaml or multirun.yaml)."""
+    candidates = [sweep_dir / "multirun.yaml"]
+    candidates += sorted(sweep_dir.glob("*/.hydra/hydra.yaml"), key=lambda p: (len(p.parts), str(p)))[:3]
+    for path in candidates:
+        try:
+            cfg = _read_yaml(path)
+            sweeper = cfg["hydra"]["sweeper"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            continue
+        if isinstance(sweeper, dict) and "optuna" in str(sweeper.get("_target_", "")).lower():
+            return {"storage": sweeper.get("storage"), "study_name": sweeper.get("study_name"),
+                    "direction": sweeper.get("direction"), "config": path}
+    return None
+
+
+def resolve_storage(storage: str, sweep_dir: Path) -> tuple[str | None, str]:
+    """A usable storage URL, or (None, why). A relative SQLite path is looked for from the current
+    directory, then from the sweep folder's parents (it was relative to the launch directory).
+    A missing SQLite file is never opened: Optuna would create an empty one."""
+    if not storage.startswith("sqlite:///"):
+        return storage, ""
+    file = storage[len("sqlite:///"):]
+    if os.path.isabs(file):
+        return (storage, "") if os.path.isfile(file) else (None, f"storage file {file} not found")
+    for base in [Path.cwd(), *sweep_dir.resolve().parents]:
+        if (base / file).is_file():
+            return f"sqlite:///{(base / file).resolve()}", ""
+    return None, f"storage {storage} not found from here or above {sweep_dir}"
+
+
+def _results_file(sweep_dir: Path) -> dict:
+    try:
+        data = _read_yaml(sweep_dir / "optimization_results.yaml")
+        return data if isinstance(data, dict) else {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def summarize(sweep_dir: Path, display: str) -> dict | None:
+    """A summary dict for an Optuna sweep folder, or None when the folder is not an Optuna sweep."""
+    settings = sweeper_settings(sweep_dir)
+    results = _results_file(sweep_dir)
+    if settings is None and not results:
+        return None
+    summary: dict[str, Any] = {"sweep": display, "study": None, "storage": None, "direction": None,
+                               "trials": {}, "best": None, "importances": None, "note": ""}
+    if results.get("best_params") is not None:
+        summary["best"] = {"trial": None, "value": results.get("best_value"), "params": results.get("best_params")}
+    if settings is None:
+        summary["note"] = "sweeper settings not found; best from optimization_results.yaml"
+        return summary
+    summary["direction"] = settings["direction"]
+    storage = settings["storage"]
+    if not storage:
+        summary["note"] = "in-memory study (no hydra.sweeper.storage): only optimization_results.yaml is left"
+        return summary
+    summary["storage"] = storage
+    url, why = resolve_storage(str(storage), sweep_dir)
+    if url is None:
+        summary["note"] = why
+        return summary
+    study, note = _load_study(url, settings["study_name"])
+    summary["study"] = settings["study_name"] if study is None else study.study_name
+    if study is None:
+        summary["note"] = note
+        return summary
+    summary.update(study_summary(study))
+    summary["_study"] = study
+    return summary
+
+
+def _load_study(url: str, name: str | None):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if name is None:
+            names = optuna.study.get_all_study_names(storage=url)
+            if len(names) != 1:
+                return None, f"study name not recorded and the storage holds {len(names)} studies"
+            name = names[0]
+        return optuna.load_study(study_name=name, storage=url), ""
+    except Exception as e:  # noqa: BLE001 - a missing study or a broken storage is one note, not a crash
+        return None, f"cannot load study {name!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def study_summary(study) -> dict:
+    import optuna
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in
+              (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+    out: dict[str, Any] = {"trials": counts, "direction": study.direction.name.lower(), "importances": None}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    if complete:
+        best = study.best_trial
+        out["best"] = {"trial": best.number, "value": best.value, "params": dict(best.params)}
+    if len(complete) >= 2:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importances = optuna.importance.get_param_importances(study)
+            out["importances"] = {k: float(v) for k, v in importances.items()}
+        except Exception as e:  # noqa: BLE001 - e.g. no parameter varied yet
+            out["importance_note"] = f"importances unavailable ({type(e).__name__})"
+    else:
+        out["importance_note"] = "importances need at least 2 complete trials"
+    return out
+
+
+def summaries(sweep_dirs: Sequence[Path], display) -> list[dict]:
+    """One summary per distinct study (sweeps sharing a storage and study are reported once)."""
+    out, seen = [], set()
+    for d in sweep_dirs:
+        s = summarize(d, display(d))
+        if s is None:
+            continue
+        ident = (s.get("storage"), s.get("study")) if s.get("study") else ("dir", s["sweep"])
+        if ident in seen:
+            continue
+        seen.add(ident)
+        out.append(s)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def render_summary(s: dict, markdown: bool = False) -> str:
+    name = f"study {s['study']!r}" if s.get("study") else "Optuna sweep"
+    head = f"{name} of {s['sweep']}" + (f" ({s['storage']})" if s.get("storage") else "")
+    if s.get("direction"):
+        head += f", {s['direction']}"
+    lines = [f"### {head}" if markdown else head]
+    bullet = "- " if markdown else "  "
+    t = s.get("trials") or {}
+    if t:
+        lines.append(f"{bullet}trials: {t.get('complete', 0)} complete, {t.get('pruned', 0)} pruned, "
+                     f"{t.get('fail', 0)} failed" + (f", {t['running']} running" if t.get("running") else ""))
+    if s.get("best"):
+        b = s["best"]
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in (b.get("params") or {}).items())
+        trial = f"trial {b['trial']}, " if b.get("trial") is not None else ""
+        lines.append(f"{bullet}best: {trial}value {_fmt(b.get('value'))}" + (f", {params}" if params else ""))
+    if s.get("importances"):
+        lines.append(f"{bullet}importance: " + ", ".join(f"{k} {v:.2f}" for k, v in s["importances"].items()))
+    elif s.get("importance_note"):
+        lines.append(f"{bullet}{s['importance_note']}")
+    if s.get("note"):
+        lines.append(f"{bullet}note: {s['note']}")
+    return "\n".join(lines)
+
+
+def public(s: dict) -> dict:
+    return {k: v for k, v in s.items() if not k.startswith("_")}
