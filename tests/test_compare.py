@@ -368,3 +368,39 @@ def test_errors_are_one_line_and_exit_2(lab, tmp_path, args, message):
     assert proc.returncode == 2
     assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sweep_summary_resolves_interpolated_study_name_and_counts_states(tmp_path, capsys):
+    """hydra.yaml is saved unresolved (study_name: vit_optuna-${data.name}); pruned and failed trials count."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="vit_optuna-mnist", storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(6):
+        trial = study.ask()
+        depth = trial.suggest_int("model.depth", 1, 6)
+        lr = trial.suggest_float("optimizer.lr", 1e-4, 1e-2, log=True)
+        state = {4: TrialState.PRUNED, 5: TrialState.FAIL}.get(i, TrialState.COMPLETE)
+        study.tell(trial, depth / 10 + lr if state == TrialState.COMPLETE else None, state=state)
+    sweep = tmp_path / "sweep"
+    job = make_run(sweep / "0", {"status": "pruned", "reason": "pruned at epoch 1"},
+                   config={"model": {}, "data": {"name": "mnist"}, "trainer": {}, "optimizer": {}})
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {
+        "sweeper": {"_target_": "hydra_plugins.vit_lab_sweeper.vit_optuna_sweeper.VitOptunaSweeper",
+                    "storage": storage, "study_name": "vit_optuna-${data.name}", "direction": "maximize"},
+        "runtime": {"choices": {"model": "vit"}}, "overrides": {"task": []}}}))
+    (sweep / "optimization_results.yaml").write_text("name: optuna\n")
+    rc, out, err = compare(capsys, sweep, "--format", "json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["runs"][0]["status"] == "pruned"
+    (s,) = doc["sweeps"]
+    assert s["study"] == "vit_optuna-mnist"
+    assert (s["trials"]["complete"], s["trials"]["pruned"], s["trials"]["fail"]) == (4, 1, 1)
+    assert s["best"]["trial"] == study.best_trial.number and s["best"]["value"] == study.best_value
+    assert set(s["importances"]) == {"model.depth", "optimizer.lr"}
+    rc, out, _ = compare(capsys, sweep, "--width", "80")
+    assert "trials: 4 complete, 1 pruned, 1 failed" in out and all(len(line) <= 80 for line in out.splitlines())

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vit_lab.compare.runs import NoRunsError, display_path, is_run_dir, load_run, walk
-from vit_lab.compare.table import (UsageError, best_run, build_columns, render_csv, render_json, render_text,
+from vit_lab.compare.table import (METRICS, UsageError, best_run, canonical, build_columns, render_csv, render_json, render_text,
                                    select)
 
 PROG = "python -m vit_lab.compare"
@@ -121,7 +121,7 @@ def _run_table(argv: Sequence[str]) -> int:
 
             for s in sweeps:
                 print()
-                print(render_summary(s, markdown=args.format == "markdown"))
+                print(render_summary(s, markdown=args.format == "markdown", width=width))
 
     if args.plot:
         from vit_lab.compare import plots
@@ -130,7 +130,7 @@ def _run_table(argv: Sequence[str]) -> int:
             out, n = plots.plot_history(sweeps, args.plot)
             what = f"optimisation history of {n} trials"
         elif args.x:
-            y = args.y or (args.sort if args.sort else "test_acc")
+            y = args.y or (args.sort if args.sort and canonical(args.sort) in METRICS else "test_acc")
             out, n = plots.plot_param(shown, args.plot, args.x, y)
             what = f"{y} against {args.x} for {n} runs"
         else:

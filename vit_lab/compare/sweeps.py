@@ -24,9 +24,28 @@ def sweeper_settings(sweep_dir: Path) -> dict | None:
         except (OSError, yaml.YAMLError, KeyError, TypeError):
             continue
         if isinstance(sweeper, dict) and "optuna" in str(sweeper.get("_target_", "")).lower():
-            return {"storage": sweeper.get("storage"), "study_name": sweeper.get("study_name"),
-                    "direction": sweeper.get("direction"), "config": path}
+            settings = {"storage": sweeper.get("storage"), "study_name": sweeper.get("study_name"),
+                        "direction": sweeper.get("direction"), "config": path}
+            for key in ("storage", "study_name"):
+                if isinstance(settings[key], str) and "${" in settings[key]:
+                    settings[key] = _resolve(path, cfg, key)
+            return settings
     return None
+
+
+def _resolve(path: Path, hydra_cfg: dict, key: str) -> Any:
+    """hydra.yaml is saved unresolved (e.g. study_name: vit_optuna-${data.name}): resolve it against the job's
+    config.yaml (or multirun.yaml, which holds both)."""
+    from omegaconf import OmegaConf
+
+    raw = hydra_cfg["hydra"]["sweeper"][key]
+    try:
+        job = _read_yaml(path.parent / "config.yaml") if path.name == "hydra.yaml" else {}
+        merged = OmegaConf.merge(OmegaConf.create(job or {}), OmegaConf.create(hydra_cfg))
+        value = OmegaConf.select(merged, f"hydra.sweeper.{key}", throw_on_resolution_failure=True)
+        return value if value is not None else raw
+    except Exception:  # noqa: BLE001 - an unknown resolver (e.g. ${now:...}): keep the text
+        return raw
 
 
 def resolve_storage(storage: str, sweep_dir: Path) -> tuple[str | None, str]:
@@ -144,7 +163,17 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def render_summary(s: dict, markdown: bool = False) -> str:
+def render_summary(s: dict, markdown: bool = False, width: int | None = None) -> str:
+    text = _render_summary(s, markdown)
+    if markdown or not width:
+        return text
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width=width, subsequent_indent="    ", break_on_hyphens=False)
+                     for line in text.split("\n"))
+
+
+def _render_summary(s: dict, markdown: bool = False) -> str:
     name = f"study {s['study']!r}" if s.get("study") else "Optuna sweep"
     head = f"{name} of {s['sweep']}" + (f" ({s['storage']})" if s.get("storage") else "")
     if s.get("direction"):

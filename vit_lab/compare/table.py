@@ -103,6 +103,9 @@ ALIASES = {"params": "n_params", "time": "train_seconds", "train_time": "train_s
            "images_per_second": "train_images_per_second", "acc": "test_acc", "val_acc_best": "best_val_acc"}
 DEFAULT_METRICS = ("test_acc", "best_val_acc", "n_params", "epochs", "train_seconds", "train_images_per_second")
 DEFAULT_COLUMNS = ("path", "status", "choices", "diff", "metrics", "note")
+# Per-run bookkeeping (e.g. a sweep's callbacks.optuna_trial.trial_number): never a "differing" column by itself;
+# pick one with --columns when wanted.
+BOOKKEEPING = ("callbacks.",)
 GROUPS = ("path", "status", "choices", "diff", "metrics", "note")
 
 
@@ -243,6 +246,7 @@ def differing(runs: Sequence[RunInfo]) -> tuple[list[str], list[str]]:
     missing = object()
     choices = [k for k in choice_keys if len({_canon(r.choices.get(k, missing)) if k in r.choices else "<missing>"
                                               for r in with_choices}) > 1]
+    config_keys = [k for k in config_keys if not k.startswith(BOOKKEEPING)]
     leaves = [k for k in config_keys if len({_canon(r.config[k]) if k in r.config else "<missing>"
                                              for r in with_config}) > 1]
     return choices, leaves
@@ -360,6 +364,15 @@ def _shorten_path(path: str, width: int) -> str:
     return "..." + path[-max(width - 3, 1):]
 
 
+def _split_header(header: str) -> str:
+    """Break a header after the '_' or '.' nearest its middle, so its column can be narrower."""
+    cuts = [i + 1 for i, ch in enumerate(header[:-1]) if ch in "_."]
+    if not cuts or len(header) < 7:
+        return header
+    cut = min(cuts, key=lambda i: max(i, len(header) - i))
+    return header[:cut] + "\n" + header[cut:]
+
+
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 3, 1)] + "..."
 
@@ -421,6 +434,10 @@ def fit(runs: Sequence[RunInfo], columns: list[Column], best: RunInfo | None,
         tail = max(len(os.path.basename(p)) for p in path_col.cells) + 4
         target = max(min(tail, 24), 12, path_col.width() - over())
         path_col.cells = [_shorten_path(p, target) for p in path_col.cells]
+    if over() > 0:  # long config headers over two lines: patch_size -> patch_/size
+        for c in columns:
+            if c.kind in ("config", "choice") and "\n" not in c.header:
+                c.header = _split_header(c.header)
     while over() > 0:
         removable = [c for c in columns if c.kind in ("config", "choice")]
         if not removable:
