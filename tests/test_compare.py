@@ -111,7 +111,7 @@ def grid_runs(lab) -> list[Path]:
 
 
 def test_number_formats():
-    assert fmt_pct(0.97312) == "97.31%" and fmt_pct(None) == ""
+    assert fmt_pct(0.97312) == "97.31%" and fmt_pct(None) == "" and fmt_pct(float("nan")) == "nan"
     assert [fmt_params(n) for n in (842, 1642, 206_154, 1_234_567)] == ["842", "1.6k", "206k", "1.2M"]
     assert [fmt_seconds(s) for s in (12.34, 75, 7200)] == ["12.3s", "1.2min", "2.0h"]
     assert _shorten_path("outputs/multirun/2026-11-27/10-00-00/3", 20) == ".../10-00-00/3"

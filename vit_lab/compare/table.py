@@ -24,8 +24,13 @@ class UsageError(Exception):
 # --------------------------------------------------------------------------- number formats
 
 
+def _nan(x: Any) -> str:
+    """A non-finite number reads as nan/inf (a diverged run), anything else missing as an empty cell."""
+    return str(x) if isinstance(x, float) and not math.isfinite(x) else ""
+
+
 def fmt_pct(x: Any) -> str:
-    return f"{100 * x:.2f}%" if _is_number(x) else ""
+    return f"{100 * x:.2f}%" if _is_number(x) else _nan(x)
 
 
 def fmt_params(n: Any) -> str:
@@ -52,11 +57,11 @@ def fmt_seconds(s: Any) -> str:
 
 
 def fmt_rate(r: Any) -> str:
-    return f"{r:,.0f}" if _is_number(r) else ""
+    return f"{r:,.0f}" if _is_number(r) else _nan(r)
 
 
 def fmt_float(x: Any) -> str:
-    return f"{x:.3f}" if _is_number(x) else ""
+    return f"{x:.3f}" if _is_number(x) else _nan(x)
 
 
 def fmt_value(v: Any) -> str:
