@@ -46,10 +46,15 @@ HISTORY = "history.json"
 
 
 class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; a checkpoint was saved at the step boundary."""
+    """SIGINT/SIGTERM arrived; in the loop, a checkpoint is saved at the step boundary first."""
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; resume with resume=<this run dir>")
+    def __init__(self, signum: int, run_dir: str | os.PathLike | None = None, saved: bool = True) -> None:
+        name = signal.Signals(signum).name
+        if saved:
+            how = f"checkpoint saved; resume with resume={run_dir or '<this run dir>'} (same overrides)"
+        else:
+            how = "no checkpoint was saved, nothing to resume; run the command again"
+        super().__init__(f"interrupted by {name}; {how}")
         self.signum = signum
 
 
@@ -214,6 +219,9 @@ class Run:
         self.dir = run_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg
+        for name in (CHECKPOINT, METRICS, HISTORY):  # temp files of a writer killed in this directory before
+            for stale in self.dir.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         self.metrics: dict[str, Any] = {
             "status": "running",
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -287,6 +295,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
         gen.set_state(ckpt["gen_state"])
         torch.set_rng_state(ckpt["rng_state"])
         run.history, best_val_acc, train_seconds = ckpt["history"], ckpt["best_val_acc"], ckpt["train_seconds"]
+        run.write_metrics(epochs_completed=start_epoch, train_seconds=train_seconds)
         log.info("resumed from %s at epoch %d, step %d", ckpt_file, start_epoch, start_step)
 
     def checkpoint_state(epoch: int, step: int, perm: torch.Tensor | None, sums: dict | None) -> dict:
@@ -309,7 +318,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
             sums = sums or {"loss": 0.0, "correct": 0, "seen": 0}
             loss_sum = torch.tensor(sums["loss"], device=device, dtype=torch.float64)
             correct = torch.tensor(sums["correct"], device=device)
-            seen = sums["seen"]
+            seen, epoch_before = sums["seen"], sums.get("seconds", 0.0)
             model.train()
             tic = time.perf_counter()
             bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{epochs}",
@@ -336,20 +345,22 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
                     bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
                 bar.update()
                 if stop["signum"] is not None:
-                    train_seconds += time.perf_counter() - tic
-                    sums = {"loss": loss_sum.item(), "correct": int(correct.item()), "seen": seen}
+                    # the partial epoch (its sums and seconds) goes into the checkpoint, so a resumed epoch
+                    # reports the same losses and a full epoch's time
+                    elapsed = epoch_before + time.perf_counter() - tic
+                    sums = {"loss": loss_sum.item(), "correct": int(correct.item()), "seen": seen, "seconds": elapsed}
                     run.save_checkpoint(checkpoint_state(epoch, step, perm, sums))
-                    raise Interrupted(stop["signum"])
+                    run.write_metrics(train_seconds=train_seconds + elapsed)
+                    raise Interrupted(stop["signum"], run_dir, saved=bool(cfg.trainer.checkpoint))
             bar.close()
-            epoch_seconds = time.perf_counter() - tic
+            epoch_seconds = epoch_before + time.perf_counter() - tic
             train_seconds += epoch_seconds
-            trained_now = seen - (sums["seen"] if start_step else 0)
             val_loss, val_acc = evaluate(model, val_batches, device, precision)
             if math.isfinite(val_acc) and not (val_acc <= best_val_acc):  # NaN-safe max
                 best_val_acc = val_acc
             record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
                       "val_loss": val_loss, "val_acc": val_acc, "lr": opt.param_groups[0]["lr"],
-                      "images_per_second": trained_now / epoch_seconds, "epoch_seconds": epoch_seconds,
+                      "images_per_second": seen / epoch_seconds, "epoch_seconds": epoch_seconds,
                       "train_seconds": train_seconds}
             run.history.append(record)
             log.info("epoch %d/%d train_loss %.4f train_acc %.2f%% val_loss %.4f val_acc %.2f%% lr %.2e "
@@ -363,7 +374,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
             for hook in hooks:
                 hook(epoch + 1, record)
             if stop["signum"] is not None:
-                raise Interrupted(stop["signum"])
+                raise Interrupted(stop["signum"], run_dir, saved=bool(cfg.trainer.checkpoint))
 
     test_loss, test_acc = evaluate(model, test_batches, device, precision)
     images = sum(r["images_per_second"] * r["epoch_seconds"] for r in run.history)
@@ -396,19 +407,40 @@ def _log_to_files(level: int, message: str) -> None:
             handler.handle(record)
 
 
+@contextmanager
+def _interrupt_outside_the_loop(run_dir: Path) -> Iterator[None]:
+    """SIGINT/SIGTERM before or after the training loop (which checks its own flag) ends the run as interrupted."""
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise Interrupted(signum, run_dir, saved=(run_dir / CHECKPOINT).is_file())
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread (some launchers): signals keep their handlers
+        pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 @hydra.main(config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point: user errors become one line and a non-zero exit (or a failed trial in a sweep)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        return train(cfg, run_dir)
+        with _interrupt_outside_the_loop(run_dir):
+            return train(cfg, run_dir)
     except (UserError, RunStopped, Interrupted) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
         status = getattr(e, "status", "interrupted" if isinstance(e, Interrupted) else "failed")
         _finish_with_error(run_dir, status, str(e))
         _log_to_files(logging.ERROR, f"{status}: {e}")  # the console gets the one line below
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the traceback, for debugging; metrics.json is already written
+            raise
         if isinstance(e, Interrupted):
             print(f"vit_lab: {e}", file=sys.stderr)
             sys.exit(128 + e.signum)
@@ -419,4 +451,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    from vit_lab.cli import cli
+
+    cli(main)  # Hydra's main, with one-line errors for bad overrides and output dirs

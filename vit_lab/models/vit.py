@@ -167,6 +167,9 @@ class MyViT(nn.Module):
         self.mlp = nn.Linear(hidden_d, out_d)  # the tutorial's classification head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or tuple(images.shape[1:]) != self.chw:  # not a broadcast error from deep inside torch
+            raise ShapeError(f"MyViT built for (C,H,W)={self.chw} got images of shape {tuple(images.shape)}; "
+                             "match data.channels/data.image_size to the model")
         tokens = self.linear_mapper(patchify(images, self.patch_size))  # (B, N, d)
         if self.class_token is not None:
             cls = self.class_token.expand(tokens.shape[0], 1, -1)
@@ -193,6 +196,9 @@ def check_vit_shape(chw: Sequence[int], patch_size: int | Sequence[int], hidden_
             raise ShapeError(f"{name}={value} must be a positive integer")
     if mlp_ratio <= 0:
         raise ShapeError(f"model.mlp_ratio={mlp_ratio} must be > 0")
+    if int(round(mlp_ratio * hidden_d)) < 1:
+        raise ShapeError(f"model.mlp_ratio={mlp_ratio} with model.hidden_d={hidden_d} leaves the MLP no hidden units; "
+                         "raise model.mlp_ratio")
     if h % ph or w % pw:
         divisors = sorted(set(_divisors(h)) & set(_divisors(w)))
         raise ShapeError(
