@@ -1,0 +1,1 @@
+"""Rerunnable performance benchmarks for vit_lab (`python -m benchmarks.<name>`); see benchmarks/README.md."""

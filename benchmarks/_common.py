@@ -1,0 +1,201 @@
+"""Shared pieces of the benchmarks: model builders at matched sizes, the trainer's step, interleaved timing.
+
+Every comparison runs in one process and alternates between the contenders round by round, so a noisy,
+shared machine slows all of them alike; medians of the rounds are reported, with the load average.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+# The two sizes of the issue. mlp is the hidden width of the MLP.
+SIZES = {
+    "tutorial": dict(patch=4, width=8, depth=2, heads=2, mlp_ratio=4.0),
+    "default": dict(patch=4, width=64, depth=4, heads=4, mlp_ratio=2.0),
+}
+
+
+def loadavg() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on Linux/macOS
+        return []
+
+
+def machine() -> dict:
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def compose(overrides: list[str] | None = None):
+    """The trainer's composed Hydra config (conf/config.yaml + overrides), exactly what `python -m vit_lab.train` sees."""
+    from hydra import compose as _compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf")):
+        return _compose(config_name="config", overrides=list(overrides or []))
+
+
+def size_overrides(size: dict) -> list[str]:
+    return [f"model.patch_size={size['patch']}", f"model.hidden_d={size['width']}", f"model.depth={size['depth']}",
+            f"model.n_heads={size['heads']}", f"model.mlp_ratio={size['mlp_ratio']}"]
+
+
+def build_vit_lab(size: dict, overrides: list[str] | None = None, chw=(1, 28, 28)) -> tuple[torch.nn.Module, object]:
+    """vit_lab's model built from the trainer's config (defaults + the size + overrides); returns (model, cfg)."""
+    from vit_lab.config import build
+
+    cfg = compose(size_overrides(size) + list(overrides or []))
+    return build(cfg.model, chw=chw, out_d=10), cfg
+
+
+def build_timm(size: dict, chw=(1, 28, 28)) -> torch.nn.Module:
+    """timm's VisionTransformer at the same width/depth/heads/patch/MLP, class-token pooling, no final norm
+    (vit_lab's cls pooling has none either)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=chw[1], patch_size=size["patch"], in_chans=chw[0], num_classes=10,
+                             embed_dim=size["width"], depth=size["depth"], num_heads=size["heads"],
+                             mlp_ratio=size["mlp_ratio"], global_pool="token", final_norm=False)
+
+
+def build_vit_pytorch(size: dict, chw=(1, 28, 28)) -> torch.nn.Module:
+    """lucidrains' vit-pytorch ViT at the same sizes (it adds LayerNorms around its patch embedding and a final norm)."""
+    from vit_pytorch import ViT
+
+    w, h = size["width"], size["heads"]
+    return ViT(image_size=chw[1], patch_size=size["patch"], num_classes=10, dim=w, depth=size["depth"], heads=h,
+               mlp_dim=int(round(size["mlp_ratio"] * w)), channels=chw[0], dim_head=w // h)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def synthetic_batch(batch: int, chw=(1, 28, 28), device="cpu", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *chw, generator=g).sub_(0.1307).div_(0.3081)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    return x.to(device), y.to(device)
+
+
+@dataclass
+class Contender:
+    """One model on one path: a train step and an eval step, each a no-argument callable on a fixed batch."""
+
+    name: str
+    model: torch.nn.Module
+    train_step: Callable[[], None]
+    eval_step: Callable[[], None]
+    note: str = ""
+
+
+_DEFAULT_CFG = None
+
+
+def default_cfg():
+    global _DEFAULT_CFG
+    if _DEFAULT_CFG is None:
+        _DEFAULT_CFG = compose()
+    return _DEFAULT_CFG
+
+
+def make_contender(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, compile: bool = False,
+                   precision: str = "fp32", note: str = "", cfg=None) -> Contender:
+    """The trainer's step (vit_lab/train.py): autocast forward, CE loss on float logits, zero_grad(set_to_none),
+    backward, the configured optimizer (conf/optimizer, AdamW by default, with the trainer's param groups) and
+    a per-step schedule. Every contender gets the same optimizer. Eval: no_grad forward + argmax."""
+    from vit_lab.config import build
+    from vit_lab.device import autocast
+    from vit_lab.train import param_groups
+
+    cfg = cfg if cfg is not None else default_cfg()
+    device = x.device
+    model.to(device).train()
+    step_model = torch.compile(model) if compile else model
+    opt = build(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+    def train_step() -> None:
+        model.train()
+        with autocast(device, precision):
+            out = step_model(x)
+            loss = F.cross_entropy(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+
+    def eval_step() -> None:
+        model.eval()
+        with torch.no_grad(), autocast(device, precision):
+            step_model(x).argmax(1)
+        model.train()
+
+    return Contender(name, model, train_step, eval_step, note)
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict[str, Callable[[], None]], steps: int | dict[str, int], rounds: int, warmup: int = 2,
+                device="cpu", min_seconds: float = 0.0) -> dict[str, dict[str, list[float]]]:
+    """Seconds per call of each fn, measured in ``rounds`` rounds that alternate between the fns (order rotated
+    each round). Each measurement runs ``steps`` calls (a dict gives per-fn counts; more calls if the chunk
+    would take under ``min_seconds``).
+
+    Returns {name: {"wall": [...], "cpu": [...]}}: wall-clock seconds per call and process CPU seconds per call.
+    On a shared machine, CPU time at one thread is the robust measure of work (other users' load barely moves
+    it); wall time is what a user waits for.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in fns}
+    names = list(fns)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            fn = fns[name]
+            n, t0, c0 = 0, time.perf_counter(), time.process_time()
+            want = steps.get(name, 1) if isinstance(steps, dict) else steps
+            while n < want or time.perf_counter() - t0 < min_seconds:
+                fn()
+                n += 1
+            _sync(device)
+            times[name]["wall"].append((time.perf_counter() - t0) / n)
+            times[name]["cpu"].append((time.process_time() - c0) / n)
+    return times
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def save(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    payload = {"benchmark": name, "machine": machine(), "loadavg_end": loadavg(), **payload}
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(int(threads))

@@ -1,0 +1,124 @@
+"""Smoke tests of benchmarks/: the loop tutorial model against vit_lab's, the FLOP counter against a hand count,
+and every benchmark's entry point on a micro budget. Nothing here times anything."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import cost, gpu, peak, throughput, time_to_accuracy
+from benchmarks._common import SIZES, build_timm, build_vit_lab, build_vit_pytorch, n_params
+from benchmarks.tutorial_model import TutorialViT, copy_into_vit_lab, loop_patchify
+from vit_lab.models import MyViT, get_positional_embeddings, patchify
+
+
+@pytest.fixture(autouse=True)
+def _data_root(mnist_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
+    monkeypatch.setattr("benchmarks._common.RESULTS", tmp_path / "results")
+
+
+def tutorial_pair(**kw):
+    torch.manual_seed(0)
+    loop = TutorialViT((1, 28, 28), n_patches=7, n_blocks=2, hidden_d=8, n_heads=2, out_d=10, **kw)
+    mine = MyViT((1, 28, 28), patch_size=4, depth=2, hidden_d=8, n_heads=2, out_d=10, attention="tutorial",
+                 pos_embed="sinusoidal", pool="cls", head_softmax=True, mlp_ratio=kw.get("mlp_ratio", 4.0))
+    return loop, copy_into_vit_lab(loop, mine)
+
+
+def test_loop_model_is_the_tutorials():
+    loop, _ = tutorial_pair()
+    assert n_params(loop) == 1642
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(loop_patchify(x, 4, 4), patchify(x, 4))
+    assert torch.allclose(loop.positional_embeddings, get_positional_embeddings(50, 8), atol=1e-6)
+    out = loop(x)
+    assert out.shape == (3, 10) and torch.allclose(out.sum(1), torch.ones(3), atol=1e-5)  # the Softmax head
+
+
+def test_loop_model_equals_vit_lab_tutorial_style():
+    loop, mine = tutorial_pair()
+    assert n_params(mine) == n_params(loop)
+    x = torch.rand(5, 1, 28, 28)
+    a, b = loop(x), mine(x)
+    assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+    # and the gradients agree too (the last-block shortcut of vit_lab included)
+    y = torch.tensor([0, 1, 2, 3, 4])
+    torch.nn.functional.cross_entropy(a, y).backward()
+    torch.nn.functional.cross_entropy(b, y).backward()
+    assert torch.allclose(loop.linear_mapper.weight.grad, mine.linear_mapper.weight.grad, atol=1e-6)
+    assert torch.allclose(loop.blocks[0].mhsa.q_mappings[1].weight.grad, mine.blocks[0].mhsa.qkv_weight.grad[1, 0],
+                          atol=1e-6)
+
+
+def test_matched_peers_have_the_same_size():
+    size = SIZES["default"]
+    model, _ = build_vit_lab(size)
+    assert n_params(build_timm(size)) == n_params(model)  # same layers; timm without final norm, like cls pooling
+    assert abs(n_params(build_vit_pytorch(size)) - n_params(model)) < 0.01 * n_params(model)  # + its extra norms
+    for m in (model, build_timm(size), build_vit_pytorch(size)):
+        assert m(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_flop_counter_matches_a_hand_count():
+    # 1x8x8 image, patch 4 -> 4 patches + cls = 5 tokens; width 4, 2 heads (dh 2), depth 1, MLP 8, 3 classes, batch 2
+    f = peak.vit_forward_flops(2, chw=(1, 8, 8), patch=4, width=4, depth=1, heads=2, mlp_ratio=2.0, out_d=3,
+                               cls_shortcut=False)
+    hand = {
+        "patch_embed": 2 * 2 * 4 * 16 * 4,  # B * N * (C p p) * d, 2 FLOPs per multiply-add
+        "qkv": 2 * 2 * 5 * 4 * 12,  # B * T * d * 3d
+        "attention": 2 * (2 * 2 * 2 * 5 * 5 * 2),  # (q k^T and attn v) x B * heads * T * T * dh
+        "proj": 2 * 2 * 5 * 4 * 4,
+        "mlp": 2 * (2 * 2 * 5 * 4 * 8),
+        "head": 2 * 2 * 4 * 3,
+    }
+    assert {k: f[k] for k in hand} == hand
+    assert f["total"] == sum(hand.values()) == 4432
+    assert peak.train_step_flops(2, chw=(1, 8, 8), patch=4, width=4, depth=1, heads=2, mlp_ratio=2.0, out_d=3,
+                                 cls_shortcut=False) == 3 * f["total"]
+    # MyViT's last block with cls pooling: queries, projection and MLP for the class token only (1 of 5 tokens)
+    s = peak.vit_forward_flops(2, chw=(1, 8, 8), patch=4, width=4, depth=1, heads=2, mlp_ratio=2.0, out_d=3)
+    assert s["qkv"] == 2 * 2 * (1 * 4 * 4 + 5 * 4 * 8) and s["attention"] == 2 * (2 * 2 * 2 * 1 * 5 * 2)
+    assert s["proj"] == 2 * 2 * 1 * 4 * 4 and s["mlp"] == 2 * (2 * 2 * 1 * 4 * 8)
+    t = peak.vit_forward_flops(2, chw=(1, 8, 8), patch=4, width=4, depth=1, heads=2, mlp_ratio=2.0, out_d=3,
+                               attention="tutorial", cls_shortcut=False)
+    assert t["qkv"] == 2 * 2 * 5 * 2 * 3 * 2 * 2 and t["proj"] == 0
+
+
+def test_flop_counter_agrees_with_torch_on_the_linear_layers():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = MyViT((1, 28, 28), patch_size=7, depth=2, hidden_d=16, n_heads=2, mlp_ratio=2.0, out_d=10, pool="mean")
+    with FlopCounterMode(display=False) as counter:
+        model(torch.rand(4, 1, 28, 28))
+    by_op = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    linear = sum(v for k, v in by_op.items() if "addmm" in k or k.endswith("mm") or "bmm" in k)
+    f = peak.vit_forward_flops(4, patch=7, width=16, depth=2, heads=2, mlp_ratio=2.0, pool="mean")
+    assert linear == f["total"] - f["attention"]  # torch counts SDPA apart (if at all); the linears agree exactly
+
+
+def test_micro_budgets(capsys):
+    r = throughput.main(["--size", "tutorial", "--rounds", "1", "--steps", "1", "--batch", "4", "--no-eval"])
+    cs = r["sizes"]["tutorial"]["contenders"]
+    assert {"vit_lab", "vit_lab_tutorial_style", "tutorial_loop", "timm", "vit_pytorch"} <= set(cs)
+    assert cs["vit_lab"]["train_wall_ratio_to_vit_lab"] == 1.0
+    assert json.loads(open(r["saved"]).read())["benchmark"] == "throughput"
+    p = peak.main(["--size", "tutorial", "--rounds", "1", "--steps", "1", "--batch", "4", "--peak-n", "32"])
+    assert p["wall"]["share_of_peak"] > 0
+    c = cost.main(["--part", "scale", "--patches", "7", "--widths", "16"])
+    assert c["scale"]["p7_w16"]["tokens"] == 17
+    c = cost.main(["--part", "pipeline", "--batches", "1"])
+    assert 0 < c["pipeline"]["wall"]["none"]["share_of_epoch"] < 1
+    g = gpu.main(["--device", "cpu", "--smoke", "--no-save"])  # the CUDA script's code path, on the CPU
+    assert set(g["epoch"]) >= {"vit_lab_fp32", "vit_lab_bf16", "timm_bf16"}
+    assert "pipeline" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_and_memory_subprocess(tmp_path):
+    r = time_to_accuracy.main(["--smoke", "--quiet", "--target", "0.0", "--run-dir", str(tmp_path / "run")])
+    assert r["returncode"] == 0 and r["status"] == "completed"
+    assert len(r["curve"]) == 1 and r["target_reached_at"]["epoch"] == 1
+    assert r["peak_rss_bytes"] > 50 * 2**20

@@ -1,0 +1,157 @@
+"""The CUDA code path, exercised on the CPU: device selection, precision names, bf16 autocast, and the trainer's
+branch that keeps the whole dataset on the accelerator (with CUDA mocked)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import torch
+
+from vit_lab import device as dev
+from vit_lab.errors import ConfigError, DeviceError
+
+from conftest import CONF, TINY
+
+
+@pytest.fixture
+def cuda(monkeypatch):
+    """Pretend `n` CUDA devices exist (no MPS)."""
+
+    def set_count(n: int) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+        monkeypatch.setattr(dev, "_mps_available", lambda: False)
+
+    return set_count
+
+
+def test_auto_picks_cuda_when_present(cuda):
+    cuda(2)
+    assert dev.resolve_device("auto") == torch.device("cuda")
+    assert dev.resolve_device("cuda") == torch.device("cuda")
+    assert dev.resolve_device("cuda:1") == torch.device("cuda:1")
+
+
+def test_auto_falls_back_to_cpu(cuda):
+    cuda(0)
+    assert dev.resolve_device("auto") == torch.device("cpu")
+    assert dev.resolve_device("cpu") == torch.device("cpu")
+
+
+def test_auto_picks_mps_before_cpu(cuda, monkeypatch):
+    cuda(0)
+    monkeypatch.setattr(dev, "_mps_available", lambda: True)
+    assert dev.resolve_device("auto") == torch.device("mps")
+
+
+def test_absent_cuda_is_a_clear_error(cuda):
+    cuda(0)
+    with pytest.raises(DeviceError, match="no CUDA GPU") as err:
+        dev.resolve_device("cuda")
+    assert "device=cpu" in str(err.value)
+
+
+def test_cuda_index_out_of_range(cuda):
+    cuda(1)
+    with pytest.raises(DeviceError, match="only 1 CUDA device") as err:
+        dev.resolve_device("cuda:1")
+    assert "cuda:0" in str(err.value)
+
+
+def test_unknown_device_name():
+    with pytest.raises(ConfigError, match="tpu"):
+        dev.resolve_device("tpu")
+
+
+def test_absent_mps(cuda):
+    cuda(0)
+    with pytest.raises(DeviceError, match="MPS"):
+        dev.resolve_device("mps")
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_precision_names(device_type):
+    d = torch.device(device_type)
+    assert isinstance(dev.autocast(d, "fp32"), contextlib.nullcontext)
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        ctx = dev.autocast(d, name)
+        assert isinstance(ctx, torch.autocast)
+        assert ctx.fast_dtype == dtype and ctx.device == device_type
+    with pytest.raises(ConfigError, match="fp8"):
+        dev.autocast(d, "fp8")
+
+
+def test_bf16_autocast_on_cpu_gives_bf16_matmuls_and_float_loss():
+    from vit_lab.models import MyViT
+
+    torch.manual_seed(0)
+    model = MyViT(hidden_d=16, n_heads=2, depth=1, patch_size=7)
+    lin = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8)
+    with dev.autocast(torch.device("cpu"), "bf16"):
+        assert lin(x).dtype == torch.bfloat16
+        assert (x @ x.T).dtype == torch.bfloat16
+        out = model(torch.rand(4, 1, 28, 28))
+        loss = torch.nn.functional.cross_entropy(out.float(), torch.arange(4))  # what the trainer does
+    assert out.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    loss.backward()
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+    with dev.autocast(torch.device("cpu"), "fp32"):
+        assert lin(x).dtype == torch.float32
+
+
+def _cuda_as_cpu(device):
+    """A 'cuda' device argument becomes cpu; anything else passes through."""
+    if isinstance(device, (str, torch.device)) and torch.device(device).type == "cuda":
+        return torch.device("cpu")
+    return device
+
+
+def test_trainer_keeps_the_dataset_on_the_accelerator(mnist_root, tmp_path, monkeypatch):
+    """With a (mocked) CUDA device, the trainer moves the whole uint8 dataset to it once, and batches come from it."""
+    from hydra import compose, initialize_config_dir
+
+    import vit_lab.train as train_mod
+
+    moved = []
+    real_tensor_to, real_module_to = torch.Tensor.to, torch.nn.Module.to
+    real_tensor, real_zeros = torch.tensor, torch.zeros
+
+    def tensor_to(self, *args, **kwargs):
+        if args and _cuda_as_cpu(args[0]) is not args[0]:
+            moved.append((tuple(self.shape), self.dtype))
+            args = (torch.device("cpu"),) + args[1:]
+        if "device" in kwargs:
+            kwargs["device"] = _cuda_as_cpu(kwargs["device"])
+        return real_tensor_to(self, *args, **kwargs)
+
+    def module_to(self, *args, **kwargs):
+        return real_module_to(self, *[_cuda_as_cpu(a) for a in args], **kwargs)
+
+    def factory(real):
+        def make(*args, **kwargs):
+            if "device" in kwargs:
+                kwargs["device"] = _cuda_as_cpu(kwargs["device"])
+            return real(*args, **kwargs)
+        return make
+
+    monkeypatch.setattr(train_mod, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.Tensor, "to", tensor_to)
+    monkeypatch.setattr(torch.nn.Module, "to", module_to)
+    monkeypatch.setattr(torch, "tensor", factory(real_tensor))
+    monkeypatch.setattr(torch, "zeros", factory(real_zeros))
+    monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
+    overrides = [o for o in TINY if not o.startswith("trainer.epochs")] + ["trainer.epochs=1", "trainer.checkpoint=false"]
+    with initialize_config_dir(config_dir=str(CONF)):
+        cfg = compose(config_name="config", overrides=overrides)
+    train_mod.train(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["device"] == "cuda"
+    # the six dataset tensors crossed once, as uint8 images and int64 labels, before any batch
+    first_six = moved[:6]
+    assert (1024, 1, 28, 28) in [s for s, _ in first_six] and all(
+        dt == torch.uint8 for s, dt in first_six if len(s) == 4)
+    assert sum(1 for s, dt in moved if s == (1024, 1, 28, 28) and dt == torch.uint8) == 1
