@@ -593,3 +593,46 @@ def test_killed_sweep_resumes_keeps_finished_trials_and_fails_running_ones(tmp_p
         assert read(d / "metrics.json") == m
     assert {Path(t.user_attrs["run_dir"]) for t in complete} >= set(done_before)
     all_files_complete(tmp_path / "outputs" / "multirun")
+
+
+@pytest.mark.slow
+def test_two_runs_in_one_folder_never_interleave(capsys, monkeypatch, tmp_path):
+    """Two runs given the same run directory (e.g. started in the same second): the second refuses, in one line,
+    and leaves the first one's files alone."""
+    root = fake_mnist(tmp_path / "data", n_train=80, n_test=16)
+    run_dir = tmp_path / "run"
+    first = popen_train(*fake_overrides(root, run_dir, "trainer.epochs=400", "scheduler=constant", "device.threads=1"))
+    try:
+        wait_for(lambda: (run_dir / "history.json").exists(), first)
+        proc = cli_run(capsys, monkeypatch, *fake_overrides(root, run_dir))
+        assert_one_clear_line(proc, str(run_dir), "in use by another run", f"pid {first.pid}", "hydra.run.dir")
+        assert first.poll() is None
+        m = read(run_dir / "metrics.json")
+        assert m["status"] == "running" and m["pid"] == first.pid  # untouched by the second run
+    finally:
+        first.kill()
+        first.communicate(timeout=30)
+    # once the first is gone (even killed), the folder is free again: e.g. to resume in place
+    done = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["epoch"]
+    proc = cli_run(capsys, monkeypatch, *fake_overrides(root, run_dir, "scheduler=constant", f"resume={run_dir}",
+                                                        f"trainer.epochs={done + 1}"))
+    assert proc.returncode == 0, proc.stderr
+    assert read(run_dir / "metrics.json")["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path):
+    import optuna
+
+    proc = subprocess.run(sweep_cmd("hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", "optimizer.lr=1e6",
+                                    "scheduler=constant", "data.train_limit=512", "trainer.batch_size=16",
+                                    "trainer.epochs=3", "hydra.sweeper.max_failure_rate=1.0",
+                                    f"hydra.sweep.dir={tmp_path}/sweep",
+                                    f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db"),
+                          cwd=tmp_path, env=sweep_env(), text=True, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="vit_optuna-mnist", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2  # both ran: the sweep went on
+    for run_dir in trial_dirs(study).values():
+        m = read(run_dir / "metrics.json")
+        assert m["status"] == "failed" and "training loss became" in m["reason"] and m["epochs_completed"] < 3

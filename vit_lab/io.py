@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import tempfile
@@ -42,3 +43,50 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+_HELD: dict[Path, Any] = {}
+
+
+@atexit.register
+def _release_all() -> None:
+    for path in list(_HELD):
+        release_dir(path)
+
+
+def claim_dir(path: str | os.PathLike) -> str | None:
+    """Take this process's exclusive lock on ``path/.lock`` (held until :func:`release_dir` or exit).
+
+    Returns None when the lock is ours, else what the lock file says about its holder ("pid N on host") when
+    another live process holds it. Where ``fcntl`` is missing (Windows) it always returns None.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    path = Path(path)
+    if path in _HELD:
+        return None
+    f = open(path / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        return holder
+    f.seek(0)
+    f.truncate()
+    import socket
+
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    _HELD[path] = f
+    return None
+
+
+def release_dir(path: str | os.PathLike) -> None:
+    """Release a lock taken by :func:`claim_dir` (closing the file releases it)."""
+    f = _HELD.pop(Path(path), None)
+    if f is not None:
+        f.close()

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from vit_lab.data import Batches, IDXDataset
 from vit_lab.device import autocast, resolve_device
 from vit_lab.errors import ConfigError, UserError
-from vit_lab.io import atomic_write, read_json, write_json
+from vit_lab.io import atomic_write, claim_dir, read_json, release_dir, write_json
 from vit_lab.models.vit import check_vit_shape
 
 log = logging.getLogger("vit_lab.train")
@@ -60,6 +60,10 @@ class Interrupted(Exception):
 
 class Diverged(UserError):
     """The loss became NaN or infinite: stop instead of burning the rest of the budget."""
+
+
+class RunDirBusy(UserError):
+    """Another live process is writing into this run directory (e.g. two runs started in the same second)."""
 
 
 class RunStopped(Exception):
@@ -219,6 +223,10 @@ class Run:
         self.dir = run_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg
+        holder = claim_dir(self.dir)  # one writer per run directory: two never interleave their files
+        if holder is not None:
+            raise RunDirBusy(f"{self.dir} is in use by another run ({holder}); its files are left alone. "
+                             "Pass hydra.run.dir=<a new folder> (runs started in the same second share a folder)")
         for name in (CHECKPOINT, METRICS, HISTORY):  # temp files of a writer killed in this directory before
             for stale in self.dir.glob(f".{name}.*.tmp"):
                 stale.unlink(missing_ok=True)
@@ -437,7 +445,8 @@ def main(cfg: DictConfig) -> float:
             return train(cfg, run_dir)
     except (UserError, RunStopped, Interrupted) as e:
         status = getattr(e, "status", "interrupted" if isinstance(e, Interrupted) else "failed")
-        _finish_with_error(run_dir, status, str(e))
+        if not isinstance(e, RunDirBusy):  # that metrics.json belongs to the other run
+            _finish_with_error(run_dir, status, str(e))
         _log_to_files(logging.ERROR, f"{status}: {e}")  # the console gets the one line below
         if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the traceback, for debugging; metrics.json is already written
             raise
@@ -448,6 +457,8 @@ def main(cfg: DictConfig) -> float:
             return float("nan")
         print(f"vit_lab: error: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        release_dir(run_dir)  # this process is done writing there
 
 
 if __name__ == "__main__":
