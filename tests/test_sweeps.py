@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import CONF, REPO, TINY, data_root, run_train
+from tests.conftest import CONF, TINY, data_root, run_train
 from vit_lab import sweeps
 from vit_lab.models.vit import check_vit_shape
 
@@ -199,18 +200,23 @@ def test_joblib_divides_threads_and_two_sweep_processes_share_one_study(tmp_path
         overrides = yaml.safe_load((Path(t.user_attrs["run_dir"]) / ".hydra" / "overrides.yaml").read_text())
         assert f"device.threads={sweeps.threads_per_job(2)}" in overrides
 
-    env = {"VIT_LAB_DATA": str(data_root())}
-    procs = [subprocess.Popen([sys.executable, "-m", "vit_lab.train",
-                               *sweep_args(tmp_path, f"worker{i}", "hydra.sweeper.study_name=shared", trials=2)],
-                              cwd=REPO, env={**__import__("os").environ, **env}, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    # the user's command, twice at once, from one working directory: the preset's own storage
+    # (sqlite:///outputs/optuna.db) and sweep folders (unique to the microsecond), here under tmp_path
+    cmd = [sys.executable, "-m", "vit_lab.train", "-m", "hparams_search=vit_optuna", *TINY, "trainer.epochs=1",
+           "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1"]
+    env = {**os.environ, "VIT_LAB_DATA": str(data_root())}
+    env.pop("HYDRA_FULL_ERROR", None)
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, out[-2000:] + err[-2000:]
-    shared = load(tmp_path, "shared")
+    shared = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
     assert len(shared.trials) == 4 and sorted(t.number for t in shared.trials) == [0, 1, 2, 3]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in shared.trials)
-    assert len({t.user_attrs["run_dir"] for t in shared.trials}) == 4
+    run_dirs = {Path(t.user_attrs["run_dir"]) for t in shared.trials}
+    assert len(run_dirs) == 4 and len({d.parent for d in run_dirs}) == 2  # two sweep folders, no collision
+    assert all(d.is_relative_to(tmp_path / "outputs" / "multirun") for d in run_dirs)
     assert shared.user_attrs["vit_lab_sweep_sessions"] == 2
 
 
@@ -222,3 +228,45 @@ def test_submitit_local_sweep_completes(tmp_path):
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
     assert metrics(study.trials[0].user_attrs["run_dir"])["status"] == "completed"
     assert (tmp_path / "sub" / ".submitit").is_dir()
+
+
+def test_settle_records_pruned_failed_and_crashed_jobs_on_their_trials(tmp_path):
+    """What the sweeper tells for each kind of job outcome (the plugin's own tell follows `settle`)."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.vit_lab_sweeper.vit_optuna_sweeper import TrialFailed, VitOptunaSweeper, make_storage
+
+    sweeper = VitOptunaSweeper(OmegaConf.create({"_target_": "optuna.samplers.RandomSampler"}), "maximize", None,
+                               "s", 3, 1, 0.0, None, None)
+    sweeper.storage = make_storage(f"sqlite:///{tmp_path}/optuna.db")
+    study = optuna.create_study(study_name="s", storage=sweeper.storage, direction="maximize")
+
+    def job(name: str, status: dict, value, job_status=JobStatus.COMPLETED):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / "metrics.json").write_text(json.dumps(status))
+        hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(run_dir)}}})
+        return run_dir, JobReturn(hydra_cfg=hydra_cfg, status=job_status, _return_value=value)
+
+    pruned = study.ask()
+    pruned.report(0.4, 1)
+    run_dir, ret = job("pruned", {"status": "pruned", "reason": "pruned by MedianPruner"}, float("nan"))
+    sweeper.settle(pruned, ret)
+    assert ret.return_value == 0.4  # a float, so the plugin does not count it as a failure ...
+    study.tell(pruned, ret.return_value)
+    assert study.trials[pruned.number].state == optuna.trial.TrialState.PRUNED  # ... and the study stores PRUNED
+    assert study.trials[pruned.number].value == 0.4
+    assert study.trials[pruned.number].user_attrs["run_dir"] == str(run_dir)
+
+    failed = study.ask()
+    _, ret = job("failed", {"status": "failed", "reason": "training loss became nan"}, float("nan"))
+    sweeper.settle(failed, ret)
+    assert ret.status == JobStatus.FAILED and isinstance(ret._return_value, TrialFailed)  # counts as a failure
+    assert study.trials[failed.number].user_attrs["reason"] == "training loss became nan"
+
+    crashed = study.ask()
+    run_dir, ret = job("crashed", {"status": "running"}, RuntimeError("CUDA out of memory"), JobStatus.FAILED)
+    sweeper.settle(crashed, ret)
+    assert metrics(run_dir) == {"status": "failed", "reason": "RuntimeError: CUDA out of memory"}
+    assert study.trials[crashed.number].user_attrs["reason"] == "RuntimeError: CUDA out of memory"

@@ -275,7 +275,6 @@ class VitOptunaSweeper(OptunaSweeper):
 
     def settle(self, trial: Any, ret: JobReturn) -> None:
         """Record a finished job's outcome on its trial, before the plugin tells the study."""
-        import optuna
         from vit_lab import sweeps
         from vit_lab.io import read_json, write_json
 
@@ -327,7 +326,6 @@ class VitOptunaSweeper(OptunaSweeper):
             storage.set_trial_user_attr(tid, key, value)
         if status in ("pruned", "failed"):
             log.info("vit_optuna: trial %d %s: %s", trial.number, status, reason)
-        _ = optuna  # imported for storage classes' use
 
     def _write_summary(self, study: Any) -> None:
         from vit_lab import sweeps
