@@ -117,13 +117,11 @@ def _reraise(ex: BaseException) -> Any:
     raise ex
 
 
-def cli(main: Callable[[], Any] | None = None) -> None:
-    """Run the training entry point (``python -m vit_lab.train``) with one-line user errors."""
-    if main is None:
-        from vit_lab.train import main
+def cli(main: Callable[[], Any]) -> None:
+    """Run a Hydra main with one-line user errors: ``python -m vit_lab.train`` runs ``cli(main)``.
+
+    Pass the decorated function of the module run as ``__main__``: Hydra finds ``config_path="../conf"``
+    relative to that file (imported as ``vit_lab.train`` it would look for a Python package ``conf``).
+    """
     with one_line_errors():
         main()
-
-
-if __name__ == "__main__":
-    cli()
