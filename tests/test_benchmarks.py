@@ -4,14 +4,20 @@ and every benchmark's entry point on a micro budget. Nothing here times anything
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
 
-from benchmarks import cost, gpu, peak, throughput, time_to_accuracy
-from benchmarks._common import SIZES, build_timm, build_vit_lab, build_vit_pytorch, n_params
-from benchmarks.tutorial_model import TutorialViT, copy_into_vit_lab, loop_patchify
-from vit_lab.models import MyViT, get_positional_embeddings, patchify
+from conftest import REPO
+
+if str(REPO) not in sys.path:  # benchmarks/ is run from a checkout (`python -m benchmarks.x`), not installed
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import cost, gpu, peak, throughput, time_to_accuracy  # noqa: E402
+from benchmarks._common import SIZES, build_timm, build_vit_lab, build_vit_pytorch, n_params  # noqa: E402
+from benchmarks.tutorial_model import TutorialViT, copy_into_vit_lab, loop_patchify  # noqa: E402
+from vit_lab.models import MyViT, get_positional_embeddings, patchify  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
