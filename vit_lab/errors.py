@@ -1,9 +1,12 @@
-"""User-facing errors.
+"""User-facing errors, and the exceptions that end a run with a status.
 
 Anything a user can fix (a bad override, missing data, an impossible shape, an absent device) raises a
 subclass of :class:`UserError`. The entry points print its message as one line and exit non-zero, so
 the message must name the offending value and the fix.
 """
+
+import os
+import signal
 
 
 class UserError(Exception):
@@ -24,3 +27,38 @@ class DataError(UserError):
 
 class DeviceError(UserError):
     """A requested device that this machine does not have."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; in the loop, a checkpoint is saved at the step boundary first."""
+
+    def __init__(self, signum: int, run_dir: str | os.PathLike | None = None, saved: bool = True) -> None:
+        name = signal.Signals(signum).name
+        if saved:
+            how = f"checkpoint saved; resume with resume={run_dir or '<this run dir>'} (same overrides)"
+        else:
+            how = "no checkpoint was saved, nothing to resume; run the command again"
+        super().__init__(f"interrupted by {name}; {how}")
+        self.signum, self.run_dir, self.saved = signum, run_dir, saved
+
+    def __reduce__(self):  # launchers pickle job results: rebuild from the signal, not the message
+        return type(self), (self.signum, self.run_dir, self.saved)
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite: stop instead of burning the rest of the budget."""
+
+
+class RunDirBusy(UserError):
+    """Another live process is writing into this run directory (e.g. two runs started in the same second)."""
+
+
+class RunStopped(Exception):
+    """Raised by an epoch callback to end a run early with a status of its own (e.g. ``pruned``)."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+    def __reduce__(self):
+        return type(self), (self.status, str(self))

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from vit_lab.errors import UserError
+from vit_lab.errors import RunStopped
 
 # Sweeper-written keys of a trial's user attributes (visible in optuna-dashboard).
 RUN_DIR, STATUS, REASON, TEST_ACC = "run_dir", "status", "reason", "test_acc"
@@ -82,14 +82,14 @@ def storage_lock(url: str | None) -> Iterator[None]:
 # --------------------------------------------------------------------------- job side
 
 
-class TrialPruned(UserError):
-    """The pruner stopped this trial. ``vit_lab.train.main`` records ``status`` in metrics.json and returns NaN.
+class TrialPruned(RunStopped):
+    """The pruner stopped this trial. ``vit_lab.train.main`` records ``status`` in metrics.json and returns NaN."""
 
-    A ``UserError`` subclass from an importable module on purpose: ``vit_lab.train.RunStopped`` raised from here
-    is a different class from the one ``python -m vit_lab.train`` (module ``__main__``) catches.
-    """
+    def __init__(self, reason: str) -> None:
+        super().__init__("pruned", reason)
 
-    status = "pruned"
+    def __reduce__(self):
+        return type(self), (str(self),)
 
 
 class OptunaTrialCallback:

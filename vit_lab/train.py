@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from vit_lab.data import Batches, IDXDataset
 from vit_lab.device import autocast, resolve_device
-from vit_lab.errors import ConfigError, UserError
+from vit_lab.errors import ConfigError, Diverged, Interrupted, RunDirBusy, RunStopped, UserError
 from vit_lab.io import atomic_write, claim_dir, read_json, release_dir, write_json
 from vit_lab.models.vit import check_vit_shape
 
@@ -43,35 +43,6 @@ log = logging.getLogger("vit_lab.train")
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
 HISTORY = "history.json"
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; in the loop, a checkpoint is saved at the step boundary first."""
-
-    def __init__(self, signum: int, run_dir: str | os.PathLike | None = None, saved: bool = True) -> None:
-        name = signal.Signals(signum).name
-        if saved:
-            how = f"checkpoint saved; resume with resume={run_dir or '<this run dir>'} (same overrides)"
-        else:
-            how = "no checkpoint was saved, nothing to resume; run the command again"
-        super().__init__(f"interrupted by {name}; {how}")
-        self.signum = signum
-
-
-class Diverged(UserError):
-    """The loss became NaN or infinite: stop instead of burning the rest of the budget."""
-
-
-class RunDirBusy(UserError):
-    """Another live process is writing into this run directory (e.g. two runs started in the same second)."""
-
-
-class RunStopped(Exception):
-    """Raised by an epoch callback to end a run early with a status of its own (e.g. ``pruned``)."""
-
-    def __init__(self, status: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
 
 
 # --------------------------------------------------------------------------- config checks
