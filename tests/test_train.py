@@ -59,11 +59,15 @@ def test_tutorial_experiment_runs(tmp_path):
     assert m["n_params"] == 1642 and m["status"] == "completed"
 
 
-def test_cnn_baseline_runs(tmp_path):
+def test_cnn_baseline_runs_with_smoothing_and_clipping(tmp_path):
     proc = run_train("model=cnn", "trainer.epochs=1", "data.train_limit=256", "data.val_size=128",
-                     "data.test_limit=128", "trainer.progress=false", f"hydra.run.dir={tmp_path}")
+                     "data.test_limit=128", "trainer.progress=false", "trainer.label_smoothing=0.1",
+                     "trainer.grad_clip=0.5", "optimizer=sgd", "augment=affine", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
-    assert read(tmp_path / "metrics.json")["model"] == "SimpleCNN"
+    m = read(tmp_path / "metrics.json")
+    assert m["model"] == "SimpleCNN" and m["status"] == "completed"
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"]["trainer"]["grad_clip"] == 0.5 and ckpt["config"]["optimizer"]["_target_"] == "torch.optim.SGD"
 
 
 def test_grid_multirun(tmp_path):
