@@ -222,3 +222,11 @@ def tune_malloc() -> bool:
     ok &= mallopt(m_trim_threshold, 2**30)
     ok &= mallopt(m_top_pad, 64 * 2**20)
     return bool(ok)
+
+
+def print_result(result: dict, report: Callable[[dict], str]) -> dict:
+    """Every script's ending: the human-readable report, then where the JSON went."""
+    print(report(result))
+    if "saved" in result:
+        print(f"saved {result['saved']}")
+    return result

@@ -197,10 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     parts = ("pipeline", "memory", "scale") if a.part == "all" else (a.part,)
     r = run(parts, a.batches, a.full, tuple(a.patches), tuple(a.widths), a.threads, not a.no_save)
-    print(report(r))
-    if "saved" in r:
-        print(f"saved {r['saved']}")
-    return r
+    return C.print_result(r, report)
 
 
 if __name__ == "__main__":

@@ -155,10 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         r = run(a.device, a.size, tuple(a.batch), a.rounds, a.steps, not a.no_compile, a.epochs, None,
                 save=not a.no_save)
-    print(report(r))
-    if "saved" in r:
-        print(f"saved {r['saved']}")
-    return r
+    return C.print_result(r, report)
 
 
 if __name__ == "__main__":

@@ -148,10 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = ("tutorial", "default") if a.size == "both" else (a.size,)
     r = run(sizes, a.batch, a.rounds, a.steps, a.threads, a.compile, not a.no_loop, a.overrides, not a.no_save,
             not a.no_eval)
-    print(report(r))
-    if "saved" in r:
-        print(f"saved {r['saved']}")
-    return r
+    return C.print_result(r, report)
 
 
 if __name__ == "__main__":

@@ -124,10 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = (SMOKE if a.smoke else []) + a.overrides
     target = a.target if a.target is not None else (None if a.smoke else 0.985)
     r = run(overrides, target, a.run_dir, save=not a.no_save, echo=not a.quiet)
-    print(report(r))
-    if "saved" in r:
-        print(f"saved {r['saved']}")
-    return r
+    return C.print_result(r, report)
 
 
 if __name__ == "__main__":
