@@ -306,7 +306,7 @@ def test_diverging_run_stops_early_as_failed(capsys, monkeypatch, tmp_path):
 # ----------------------------------------------------------------------------------------------- signals
 
 # 300 steps per epoch: a signal sent just after an epoch's log line lands in the middle of the next epoch
-STEPS = 300
+STEPS = 1200  # ~1.2 s per epoch on 2 quiet cores: a signal 0.3 s after an epoch line lands mid-epoch
 RESUME_RUN = ["trainer.epochs=3", f"data.train_limit={16 * STEPS}", "data.val_size=256", "data.test_limit=256",
               "trainer.batch_size=16", "model.depth=1", "model.hidden_d=16", "model.patch_size=7", "optimizer.lr=0.01",
               "scheduler.warmup_epochs=0.2", "trainer.progress=false", "device=cpu", "device.threads=1"]
@@ -564,9 +564,12 @@ def test_killed_sweep_resumes_keeps_finished_trials_and_fails_running_ones(tmp_p
     def finished() -> list[Path]:
         return [p for p in tmp_path.glob("outputs/multirun/*/*/*/metrics.json") if read(p)["status"] == "completed"]
 
-    wait_for(lambda: len(finished()) >= 2, proc, timeout=300, poll=0.05)
-    time.sleep(0.5)  # the next trial is running
-    proc.kill()
+    def third_running() -> bool:  # two trials done and the next one has started (its metrics.json says running)
+        runs = [read(p)["status"] for p in tmp_path.glob("outputs/multirun/*/*/*/metrics.json")]
+        return runs.count("completed") >= 2 and "running" in runs
+
+    wait_for(third_running, proc, timeout=300, poll=0.01)
+    proc.kill()  # at once: on a quiet machine a tiny trial lasts about a second
     proc.communicate(timeout=30)
     first_session = {p.parent: read(p) for p in tmp_path.glob("outputs/multirun/*/*/*/metrics.json")}
     done_before = {d: m for d, m in first_session.items() if m["status"] == "completed"}
