@@ -131,18 +131,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--steps", type=int, default=3, help="calls per timed chunk")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--peak-n", type=int, default=1024, help="square matmul size for the peak reference")
-    p.add_argument("--tune-malloc", action="store_true",
-                   help="keep freed activations in glibc's heap (fewer page faults; ~3%% less CPU per step)")
-    p.add_argument("--no-save", action="store_true")
-    p.add_argument("overrides", nargs="*", help="extra trainer config overrides, e.g. device.compile=true")
-    a = p.parse_args(argv)
-    if a.tune_malloc:
-        print(f"glibc malloc tuned: {C.tune_malloc()}")
+    C.add_step_args(p)
+    a = C.parse_step_args(p, argv)
     r = run(a.size, a.batch, a.rounds, a.steps, a.threads, a.peak_n, a.overrides, save=not a.no_save)
-    print(report(r))
-    return r
+    return C.print_result(r, report)
 
 
 if __name__ == "__main__":

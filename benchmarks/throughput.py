@@ -134,17 +134,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=2, help="calls per timed chunk")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--compile", action="store_true", help="add torch.compile'd timm (and vit_lab if not default)")
     p.add_argument("--no-loop", action="store_true", help="skip the (slow) tutorial loop model")
     p.add_argument("--no-eval", action="store_true")
-    p.add_argument("--tune-malloc", action="store_true",
-                   help="keep freed activations in glibc's heap (fewer page faults; ~3%% less CPU per step)")
-    p.add_argument("--no-save", action="store_true")
-    p.add_argument("overrides", nargs="*", help="trainer config overrides for vit_lab, e.g. device.compile=true")
-    a = p.parse_args(argv)
-    if a.tune_malloc:
-        print(f"glibc malloc tuned: {C.tune_malloc()}")
+    C.add_step_args(p)
+    a = C.parse_step_args(p, argv)
     sizes = ("tutorial", "default") if a.size == "both" else (a.size,)
     r = run(sizes, a.batch, a.rounds, a.steps, a.threads, a.compile, not a.no_loop, a.overrides, not a.no_save,
             not a.no_eval)

@@ -356,7 +356,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
                 raise Interrupted(stop["signum"], run_dir, saved=bool(cfg.trainer.checkpoint))
 
     test_loss, test_acc = evaluate(model, test_batches, device, precision)
-    images = sum(r["images_per_second"] * r["epoch_seconds"] for r in run.history)
+    images = n_train * len(run.history)  # every epoch sees every training image once
     run.write_metrics(status="completed", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       test_acc=test_acc, test_loss=test_loss, best_val_acc=best_val_acc,
                       train_images_per_second=images / max(train_seconds, 1e-9))
