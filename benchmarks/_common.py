@@ -39,7 +39,14 @@ def loadavg() -> list[float]:
 def machine() -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "malloc_tuned": _malloc_tuned()}
+
+
+def _malloc_tuned() -> bool:
+    from vit_lab import device
+
+    return device.MALLOC_TUNED
 
 
 def compose(overrides: list[str] | None = None):
@@ -202,29 +209,6 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
-def tune_malloc() -> bool:
-    """Keep freed activation buffers in glibc's heap instead of unmapping them after every step.
-
-    By default glibc serves big blocks (>= 128 KiB, adaptively more) with mmap and gives them back on free,
-    so every training step page-faults its activations in again (~2,000 faults, ~8 MB per step at the
-    default size). Raising the mmap and trim thresholds (the runtime equivalent of MALLOC_MMAP_THRESHOLD_ /
-    MALLOC_TRIM_THRESHOLD_) keeps them. Returns False where this is not glibc (nothing changed).
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    ok = mallopt(m_mmap_threshold, 32 * 2**20)  # the largest value glibc accepts (64-bit)
-    ok &= mallopt(m_trim_threshold, 2**30)
-    ok &= mallopt(m_top_pad, 64 * 2**20)
-    return bool(ok)
-
-
 def print_result(result: dict, report: Callable[[dict], str]) -> dict:
     """Every script's ending: the human-readable report, then where the JSON went."""
     print(report(result))
@@ -236,14 +220,16 @@ def print_result(result: dict, report: Callable[[dict], str]) -> dict:
 def add_step_args(p: argparse.ArgumentParser) -> None:
     """The options every step-timing script shares: threads, malloc tuning, saving and trainer overrides."""
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--tune-malloc", action="store_true",
-                   help="keep freed activations in glibc's heap (fewer page faults; ~3%% less CPU per step)")
+    p.add_argument("--no-tune-malloc", action="store_true",
+                   help="leave glibc's malloc as is (the trainer tunes it on the CPU: device.tune_malloc)")
     p.add_argument("--no-save", action="store_true")
     p.add_argument("overrides", nargs="*", help="trainer config overrides for vit_lab, e.g. device.compile=true")
 
 
 def parse_step_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, then tune malloc as the trainer would (process-wide, so every contender in the process shares it)."""
+    from vit_lab.device import tune_malloc
+
     a = p.parse_args(argv)
-    if a.tune_malloc:
-        print(f"glibc malloc tuned: {tune_malloc()}")
+    a.tune_malloc = not a.no_tune_malloc and bool(compose(a.overrides).device.tune_malloc) and tune_malloc()
     return a

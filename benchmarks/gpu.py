@@ -102,6 +102,9 @@ def run(device_name: str = "cuda", size_name: str = "default", batches=(128, 512
         out["throughput"][batch] = {k: {"train_img_s": batch / C.median(times[k]["wall"]),
                                         "eval_img_s": batch / C.median(evals[k]["wall"]),
                                         "train_ratio_to_vit_lab_bf16": ref / C.median(times[k]["wall"])} for k in cs}
+        for k, v in out["throughput"][batch].items():  # as measured: a run cut short still leaves its numbers
+            print(f"[gpu] batch {batch} {k}: train {v['train_img_s']:.0f} img/s, eval {v['eval_img_s']:.0f} img/s",
+                  flush=True)
     images, labels, spec, source = _dataset(device, limit)
     out["epoch_data"] = {"source": source, "images": len(labels), "resident_on": str(images.device)}
     batch = batches[0]
@@ -115,6 +118,8 @@ def run(device_name: str = "cuda", size_name: str = "default", batches=(128, 512
                               "epoch_seconds": C.median([r["epoch_seconds"] for r in runs[1:]]),
                               "images_per_second": C.median([r["images_per_second"] for r in runs[1:]]),
                               "batch": batch}
+        print(f"[gpu] epoch {name}: {out['epoch'][name]['epoch_seconds']:.2f} s "
+              f"(first {runs[0]['epoch_seconds']:.1f} s)", flush=True)
     out["loadavg_end"] = C.loadavg()
     if save:
         out["saved"] = str(C.save("gpu", out))

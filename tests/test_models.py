@@ -90,6 +90,55 @@ def test_fused_attention_matches_loop(d, heads):
     assert torch.allclose(msa(x), loop_fused_msa(msa, x), atol=1e-5)
 
 
+@pytest.mark.parametrize("style", ["fused", "tutorial"])
+@pytest.mark.parametrize("n_queries", [None, 1])
+def test_attention_kernels_agree_in_values_and_gradients(style, n_queries):
+    """The explicit CPU path computes what SDPA computes, forward and backward (so 'auto' changes speed only)."""
+    torch.manual_seed(0)
+    a = MyMSA(16, 4, style=style, kernel="sdpa")
+    b = MyMSA(16, 4, style=style, kernel="explicit")
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 11, 16, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    ya, yb = a(x, n_queries), b(x2, n_queries)
+    assert torch.allclose(ya, yb, atol=1e-6)
+    g = torch.randn_like(ya)
+    ya.backward(g), yb.backward(g)
+    assert torch.allclose(x.grad, x2.grad, atol=1e-5)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-5), name
+
+
+def test_auto_kernel_uses_sdpa_off_the_cpu_only(monkeypatch):
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, *args, **kw):
+        calls.append(q.device.type)
+        return real(q, *args, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    MyMSA(8, 2, kernel="auto")(torch.randn(2, 5, 8))
+    assert calls == []  # CPU: explicit
+    MyMSA(8, 2, kernel="sdpa")(torch.randn(2, 5, 8))
+    assert calls == ["cpu"]
+    MyMSA(8, 2, kernel="auto").to("meta")(torch.randn(2, 5, 8, device="meta"))  # any accelerator: SDPA
+    assert calls == ["cpu", "meta"]
+
+
+def test_attention_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    msa = MyMSA(8, 2, dropout=0.5, kernel="explicit")
+    x = torch.randn(2, 9, 8)
+    assert not torch.allclose(msa.train()(x), msa.eval()(x))
+    assert torch.equal(msa.eval()(x), msa.eval()(x))
+
+
+def test_unknown_attention_kernel_is_a_shape_error():
+    with pytest.raises(ShapeError, match="model.attn_kernel='flash'"):
+        MyMSA(8, 2, kernel="flash")
+
+
 def test_tutorial_attention_has_no_output_projection_and_per_head_params():
     msa = MyMSA(8, 2, style="tutorial")
     assert not hasattr(msa, "proj")

@@ -147,10 +147,14 @@ def test_sweep_records_trials_results_and_resumes(tmp_path):
     assert best["test_acc"] == metrics(best["run_dir"])["test_acc"]
 
     first = [(t.number, t.state, t.value) for t in study.trials]
-    ok(run_train(*sweep_args(tmp_path, "second")))  # the same command again: resumes the study
+    first_files = {i: (tmp_path / "first" / str(i) / "metrics.json").read_text() for i in range(3)}
+    ok(run_train(*sweep_args(tmp_path, "first")))  # the same command again, same sweep dir: resumes the study
     study = load(tmp_path)
     assert len(study.trials) == 6 and len({t.number for t in study.trials}) == 6
     assert [(t.number, t.state, t.value) for t in study.trials[:3]] == first  # nothing finished is lost
+    # job folders follow trial numbers: the rerun wrote 3, 4, 5 and left the first session's folders alone
+    assert [t.user_attrs["run_dir"] for t in study.trials] == [str(tmp_path / "first" / str(i)) for i in range(6)]
+    assert {i: (tmp_path / "first" / str(i) / "metrics.json").read_text() for i in range(3)} == first_files
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # the median pruner may now act
     assert all(t.state in done for t in study.trials)
     assert all(metrics(t.user_attrs["run_dir"])["status"] == ("pruned" if t.state.name == "PRUNED" else "completed")

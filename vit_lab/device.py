@@ -9,6 +9,7 @@ import torch
 from vit_lab.errors import ConfigError, DeviceError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+MALLOC_TUNED = False  # set by tune_malloc(); benchmarks record it
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -46,3 +47,31 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def tune_malloc() -> bool:
+    """Keep freed activation buffers in glibc's heap instead of unmapping them after every step.
+
+    Process-wide and idempotent; the trainer calls it for CPU runs (``device.tune_malloc``). Measured on the
+    2-core CPU: the tutorial-size step 8.6 -> 6.5 ms (1.3x), the default step 54 -> 51.5 ms (1.05x).
+
+    By default glibc serves big blocks (>= 128 KiB, adaptively more) with mmap and gives them back on free,
+    so every training step page-faults its activations in again (~2,000 faults, ~8 MB per step at the
+    default size). Raising the mmap and trim thresholds (the runtime equivalent of MALLOC_MMAP_THRESHOLD_ /
+    MALLOC_TRIM_THRESHOLD_) keeps them. Returns False where this is not glibc (nothing changed).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    ok = mallopt(m_mmap_threshold, 32 * 2**20)  # the largest value glibc accepts (64-bit)
+    ok &= mallopt(m_trim_threshold, 2**30)
+    ok &= mallopt(m_top_pad, 64 * 2**20)
+    global MALLOC_TUNED
+    MALLOC_TUNED = MALLOC_TUNED or bool(ok)
+    return bool(ok)

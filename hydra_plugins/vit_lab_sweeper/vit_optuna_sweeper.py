@@ -145,6 +145,9 @@ class _TrialLauncher:
             raise RuntimeError(f"vit_optuna: {len(trials)} asked trials for {len(job_overrides)} jobs; "
                                "is this hydra-optuna-sweeper version supported?")
         overrides = [list(o) + self.owner.extra_overrides(trial, o) for trial, o in zip(trials, job_overrides)]
+        # job folders follow the study's trial numbers, so a rerun into the same hydra.sweep.dir adds folders
+        # after the last trial instead of overwriting the first session's 0, 1, ...
+        initial_job_idx = trials[0].number if trials else initial_job_idx
         returns = self.inner.launch(overrides, initial_job_idx=initial_job_idx)
         for trial, ret in zip(trials, returns):
             self.owner.settle(trial, ret)

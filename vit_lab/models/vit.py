@@ -2,7 +2,8 @@
 
 `MyViT`, `MyViTBlock`, `MyMSA`, `patchify` and `get_positional_embeddings` keep the names of the seed
 ("Vision Transformers from Scratch"), but nothing loops in Python over images, patches or heads:
-patchify is one reshape, and attention goes through `F.scaled_dot_product_attention`.
+patchify is one reshape, and attention is batched over images and heads (`F.scaled_dot_product_attention`
+on accelerators, three batched ops on the CPU, where that is faster at these sizes).
 """
 
 from __future__ import annotations
@@ -49,25 +50,48 @@ class MyMSA(nn.Module):
     projection). ``style="tutorial"`` is the seed's: head h takes its own d/h slice of each token and
     has its own q, k, v Linear(d/h, d/h); heads are concatenated with no output projection. Both are
     computed for all heads at once.
+
+    ``kernel`` picks how softmax(q k^T / sqrt(dh)) v is computed: ``sdpa`` (PyTorch's fused kernels),
+    ``explicit`` (scaled q @ k^T, softmax, @ v: three batched ops) or ``auto``: sdpa on accelerators, explicit
+    on the CPU, where torch's flash kernel for CPU scales poorly to a second thread at 50 tokens of 4-16 dims
+    (benchmarks/README.md: the default step is ~1.2x faster at 2 threads, the same at 1).
     """
 
-    def __init__(self, d: int, n_heads: int = 2, style: str = "fused", dropout: float = 0.0) -> None:
+    KERNELS = ("auto", "sdpa", "explicit")
+
+    def __init__(self, d: int, n_heads: int = 2, style: str = "fused", dropout: float = 0.0, kernel: str = "auto") -> None:
         super().__init__()
         if n_heads < 1 or d % n_heads:
             raise ShapeError(f"n_heads={n_heads} does not divide hidden_d={d}; choose n_heads among the divisors of {d}")
         if style not in ("fused", "tutorial"):
             raise ShapeError(f"attention style {style!r} is unknown; use 'fused' or 'tutorial'")
+        if kernel not in self.KERNELS:
+            raise ShapeError(f"model.attn_kernel={kernel!r} is unknown; use one of {', '.join(self.KERNELS)}")
         self.d, self.n_heads, self.d_head, self.style, self.dropout = d, n_heads, d // n_heads, style, dropout
+        self.kernel, self.scale = kernel, self.d_head ** -0.5
         if style == "fused":
             self.qkv = nn.Linear(d, 3 * d)
             self.proj = nn.Linear(d, d)
             self.proj_drop = nn.Dropout(dropout)
         else:
-            # per head: q, k, v weights (out, in) and biases, stacked so one einsum applies them all
+            # per head: q, k, v weights (out, in) and biases; qkv_params() lays them out block-diagonally
             dh = self.d_head
             bound = 1 / math.sqrt(dh)  # nn.Linear's default init
             self.qkv_weight = nn.Parameter(torch.empty(n_heads, 3, dh, dh).uniform_(-bound, bound))
             self.qkv_bias = nn.Parameter(torch.empty(n_heads, 3, dh).uniform_(-bound, bound))
+
+    def qkv_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (3d, d) weight and (3d,) bias of one fused q/k/v projection; rows are [q | k | v], head-major.
+
+        The tutorial style's per-head weights become a block-diagonal matrix (head h reads only its own slice),
+        so both styles run one matrix product instead of a batched product over heads."""
+        if self.style == "fused":
+            return self.qkv.weight, self.qkv.bias
+        h, dh = self.n_heads, self.d_head
+        idx = torch.arange(h, device=self.qkv_weight.device)
+        w = self.qkv_weight.new_zeros(h, h, 3, dh, dh)  # (head out, head in, q/k/v, dh out, dh in)
+        w[idx, idx] = self.qkv_weight
+        return w.permute(2, 0, 3, 1, 4).reshape(3 * self.d, self.d), self.qkv_bias.permute(1, 0, 2).reshape(3 * self.d)
 
     def forward(self, x: torch.Tensor, n_queries: int | None = None) -> torch.Tensor:
         """(B, N, d) -> (B, N, d); with ``n_queries=q``, only the first q tokens attend (keys and values still
@@ -75,23 +99,18 @@ class MyMSA(nn.Module):
         b, n, d = x.shape
         h, dh = self.n_heads, self.d_head
         nq = n if n_queries is None else int(n_queries)
-        if self.style == "fused":
-            if nq == n:
-                q, k, v = self.qkv(x).reshape(b, n, 3, h, dh).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, dh)
-            else:  # project queries for the first nq tokens only
-                w, bias = self.qkv.weight, self.qkv.bias
-                q = F.linear(x[:, :nq], w[:d], bias[:d]).reshape(b, nq, h, dh).transpose(1, 2)
-                k, v = F.linear(x, w[d:], bias[d:]).reshape(b, n, 2, h, dh).permute(2, 0, 3, 1, 4)
+        w, bias = self.qkv_params()
+        if nq == n:
+            q, k, v = F.linear(x, w, bias).reshape(b, n, 3, h, dh).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, dh)
+        else:  # project queries for the first nq tokens only
+            q = F.linear(x[:, :nq], w[:d], bias[:d]).reshape(b, nq, h, dh).transpose(1, 2)
+            k, v = F.linear(x, w[d:], bias[d:]).reshape(b, n, 2, h, dh).permute(2, 0, 3, 1, 4)
+        p_drop = self.dropout if self.training else 0.0
+        if self.kernel == "sdpa" or (self.kernel == "auto" and q.device.type != "cpu"):
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop)
         else:
-            xh = x.reshape(b, n, h, dh)  # head h sees its own slice
-            bias = self.qkv_bias.permute(1, 0, 2)[:, None, :, None, :]  # (3, 1, h, 1, dh)
-            if nq == n:
-                qkv = torch.einsum("bnhi,hkoi->kbhno", xh, self.qkv_weight)  # (3, B, h, N, dh)
-                q, k, v = qkv + bias
-            else:
-                q = torch.einsum("bnhi,hoi->bhno", xh[:, :nq], self.qkv_weight[:, 0]) + bias[0]
-                k, v = torch.einsum("bnhi,hkoi->kbhno", xh, self.qkv_weight[:, 1:]) + bias[1:]
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, nq, N)
+            out = F.dropout(attn.softmax(dim=-1), p_drop, training=p_drop > 0) @ v  # (B, h, nq, dh)
         out = out.transpose(1, 2).reshape(b, nq, d)  # concatenate heads
         return self.proj_drop(self.proj(out)) if self.style == "fused" else out
 
@@ -100,10 +119,10 @@ class MyViTBlock(nn.Module):
     """Pre-norm transformer encoder block: x + MSA(LN(x)), then x + MLP(LN(x))."""
 
     def __init__(self, hidden_d: int, n_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 attention: str = "fused") -> None:
+                 attention: str = "fused", attn_kernel: str = "auto") -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_d)
-        self.mhsa = MyMSA(hidden_d, n_heads, style=attention, dropout=dropout)
+        self.mhsa = MyMSA(hidden_d, n_heads, style=attention, dropout=dropout, kernel=attn_kernel)
         self.norm2 = nn.LayerNorm(hidden_d)
         hidden = int(round(mlp_ratio * hidden_d))
         self.mlp = nn.Sequential(
@@ -137,6 +156,7 @@ class MyViT(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         attention: str = "fused",
+        attn_kernel: str = "auto",
         pos_embed: str = "sinusoidal",
         pool: str = "cls",
         head_softmax: bool = False,
@@ -161,7 +181,7 @@ class MyViT(nn.Module):
             self.register_buffer("pos_embed", get_positional_embeddings(n_tokens, hidden_d), persistent=False)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            MyViTBlock(hidden_d, n_heads, mlp_ratio, dropout, attention) for _ in range(depth)
+            MyViTBlock(hidden_d, n_heads, mlp_ratio, dropout, attention, attn_kernel) for _ in range(depth)
         )
         self.norm = nn.LayerNorm(hidden_d) if pool == "mean" else nn.Identity()
         self.mlp = nn.Linear(hidden_d, out_d)  # the tutorial's classification head
