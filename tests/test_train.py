@@ -94,6 +94,8 @@ def _assert_one_clear_line(proc, *words):
     ("model.n_heads=3", ["model.n_heads=3", "hidden_d=64"]),
     ("model.depth=two", ["model.depth", "two"]),
     ("trainer.epochs=0", ["trainer.epochs=0"]),
+    ("device.tune_malloc=maybe", ["device.tune_malloc='maybe'", "true or false"]),
+    ("model.attn_kernel=flash", ["model.attn_kernel='flash'", "auto, sdpa, explicit"]),
     # an index past the last GPU, so the case also holds on machines that have one
     ("device=cuda" if not torch.cuda.is_available() else "device.name=cuda:99", ["device=cuda"]),
     ("device=mps", ["device=mps"]),

@@ -77,6 +77,10 @@ def validate_config(cfg: DictConfig) -> IDXDataset:
         _number(cfg, "optimizer.weight_decay", float, 0, strict=False)
     if cfg.trainer.progress not in ("auto", True, False):
         raise ConfigError(f"trainer.progress={cfg.trainer.progress!r} must be auto, true or false")
+    for key in ("device.compile", "device.tune_malloc"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
 
     spec = build(cfg.data, _convert_="all")
     spec.validate()
