@@ -51,7 +51,8 @@ P2=$(train best_fashion data=fashion_mnist)
 echo "[session] trainings started at $(elapsed) s: best_mnist pid $P1, best_fashion pid $P2"
 
 while { kill -0 "$P1" 2>/dev/null || kill -0 "$P2" 2>/dev/null; } && [ "$(elapsed)" -lt "$BENCH_AT" ]; do sleep 2; done
-echo "[session] benchmark starts at $(elapsed) s (trainings running: $(jobs -rp | wc -l))"
+running=0; for p in $P1 $P2; do kill -0 "$p" 2>/dev/null && running=$((running + 1)); done
+echo "[session] benchmark starts at $(elapsed) s (trainings still running: $running)"
 left=$(( BUDGET - $(elapsed) - 25 ))
 if [ "$left" -gt 30 ]; then
   timeout --signal=INT "$left" $PY -m benchmarks.gpu $BENCH_ARGS 2>&1 | tee "$OUT/gpu_bench.log"
