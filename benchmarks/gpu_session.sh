@@ -6,6 +6,10 @@
 #      once the trainings end or at BENCH_AT seconds, whichever comes first;
 #   3. at the budget, unfinished trainings get SIGTERM (they checkpoint and can resume), and everything is packed
 #      into $OUT: logs, benchmark JSON, run_<name>.tgz (metrics, history, logs, checkpoint).
+# A later lease continues them: unpack the tgz files into a git-ignored folder that travels (carry), e.g.
+#   mkdir -p .devruns && for f in run_*.tgz; do tar xzf $f -C .devruns; done
+#   RESUME_FROM=.devruns TRAIN=best_mnist BENCH_AT=9999 bash benchmarks/gpu_session.sh   # MNIST only; the
+#   benchmark then runs only if the training ends with time to spare
 #
 #   bash benchmarks/gpu_session.sh                                  # on the GPU machine, from the repo root
 #   DEVICE=cpu COMPILE=false BUDGET=120 BENCH_ARGS="--device cpu --smoke --no-save" \
@@ -22,6 +26,8 @@ DEVICE=${DEVICE:-cuda}
 PRECISION=${PRECISION:-bf16}
 COMPILE=${COMPILE:-true}
 BEST_ARGS=${BEST_ARGS:-}
+TRAIN=${TRAIN:-best_mnist best_fashion}   # which runs: best_mnist, best_fashion
+RESUME_FROM=${RESUME_FROM:-}              # a folder of <name>/checkpoint.pt (earlier leases' runs) to continue
 BENCH_ARGS=${BENCH_ARGS:---batch 128 --rounds 3 --steps 20 --epochs 1}
 OUT=${OUT:-benchmarks/results/gpu_session}
 RUNS=${RUNS:-/tmp/vit_lab_gpu_runs}
@@ -40,31 +46,35 @@ fi
   $PY -c "import torch, hydra, optuna, omegaconf; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'hydra', hydra.__version__, 'optuna', optuna.__version__)"
 } 2>&1 | tee "$OUT/env.txt"
 
-train() {  # name, then extra overrides
-  local name=$1; shift
+declare -A EXTRA=([best_mnist]="" [best_fashion]="data=fashion_mnist")
+PIDS=()
+for name in $TRAIN; do
+  [[ -v "EXTRA[$name]" ]] || { echo "TRAIN: unknown run '$name'; use best_mnist and/or best_fashion"; exit 2; }
+  args=${EXTRA[$name]}
+  if [ -n "$RESUME_FROM" ] && [ -f "$RESUME_FROM/$name/checkpoint.pt" ]; then
+    args="$args resume=$(cd "$RESUME_FROM/$name" && pwd)"
+  fi
   $PY -m vit_lab.train experiment=best device=$DEVICE device.precision=$PRECISION device.compile=$COMPILE \
-    device.threads=4 trainer.progress=false hydra.run.dir="$RUNS/$name" "$@" $BEST_ARGS >"$OUT/$name.log" 2>&1 &
-  echo $!
-}
-P1=$(train best_mnist)
-P2=$(train best_fashion data=fashion_mnist)
-echo "[session] trainings started at $(elapsed) s: best_mnist pid $P1, best_fashion pid $P2"
+    device.threads=4 trainer.progress=false hydra.run.dir="$RUNS/$name" $args $BEST_ARGS >"$OUT/$name.log" 2>&1 &
+  PIDS+=($!)
+  echo "[session] $name started at $(elapsed) s, pid $!: $args"
+done
+running() { local n=0 p; for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && n=$((n + 1)); done; echo $n; }
 
-while { kill -0 "$P1" 2>/dev/null || kill -0 "$P2" 2>/dev/null; } && [ "$(elapsed)" -lt "$BENCH_AT" ]; do sleep 2; done
-running=0; for p in $P1 $P2; do kill -0 "$p" 2>/dev/null && running=$((running + 1)); done
-echo "[session] benchmark starts at $(elapsed) s (trainings still running: $running)"
+while [ "$(running)" -gt 0 ] && [ "$(elapsed)" -lt "$BENCH_AT" ]; do sleep 2; done
+echo "[session] benchmark starts at $(elapsed) s (trainings still running: $(running))"
 left=$(( BUDGET - $(elapsed) - 25 ))
 if [ "$left" -gt 30 ]; then
   timeout --signal=INT "$left" $PY -m benchmarks.gpu $BENCH_ARGS 2>&1 | tee "$OUT/gpu_bench.log"
 fi
 
-while { kill -0 "$P1" 2>/dev/null || kill -0 "$P2" 2>/dev/null; } && [ "$(elapsed)" -lt $(( BUDGET - 20 )) ]; do sleep 2; done
-for p in $P1 $P2; do kill -TERM "$p" 2>/dev/null && echo "[session] budget reached: SIGTERM to $p (it checkpoints)"; done
-for _ in $(seq 15); do { kill -0 "$P1" 2>/dev/null || kill -0 "$P2" 2>/dev/null; } || break; sleep 1; done
+while [ "$(running)" -gt 0 ] && [ "$(elapsed)" -lt $(( BUDGET - 20 )) ]; do sleep 2; done
+for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null && echo "[session] budget reached: SIGTERM to $p (it checkpoints)"; done
+for _ in $(seq 15); do [ "$(running)" -gt 0 ] || break; sleep 1; done
 wait
 cp benchmarks/results/gpu-*.json "$OUT/" 2>/dev/null
-for name in best_mnist best_fashion; do tar czf "$OUT/run_$name.tgz" -C "$RUNS" "$name" 2>/dev/null; done  # <16 MiB each
-for name in best_mnist best_fashion; do
+for name in $TRAIN; do tar czf "$OUT/run_$name.tgz" -C "$RUNS" "$name" 2>/dev/null; done  # <16 MiB each
+for name in $TRAIN; do
   echo "== $name"; grep -E "epoch [0-9]+/|test_acc|error|Error" "$OUT/$name.log" | tail -4
 done
 echo "[session] done at $(elapsed) s"

@@ -157,3 +157,18 @@ def test_gpu_session_script_on_the_cpu(tmp_path):
             metrics = json.load(tar.extractfile(f"{name}/metrics.json"))
         assert metrics["status"] == "completed" and metrics["n_params"] > 0
     assert "[session] done" in proc.stdout
+
+    # a later lease continues a run from the packed checkpoint: only the runs named in TRAIN, with resume=
+    env2 = {**env, "OUT": str(tmp_path / "out2"), "RUNS": str(tmp_path / "runs2"), "TRAIN": "best_mnist",
+            "RESUME_FROM": str(tmp_path / "runs")}
+    proc = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=REPO, env=env2, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert not (tmp_path / "out2" / "best_fashion.log").exists()
+    with tarfile.open(tmp_path / "out2" / "run_best_mnist.tgz") as tar:
+        metrics = json.load(tar.extractfile("best_mnist/metrics.json"))
+    assert metrics["status"] == "completed"
+    assert metrics["resumed_from"] == str(tmp_path / "runs" / "best_mnist" / "checkpoint.pt")
+    bad = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=REPO, env={**env2, "TRAIN": "best_cifar"},
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown run 'best_cifar'" in bad.stdout
