@@ -7,7 +7,6 @@ shared machine slows all of them alike; medians of the rounds are reported, with
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -18,6 +17,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from vit_lab import device as vit_lab_device
+from vit_lab.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -40,13 +42,7 @@ def machine() -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "malloc_tuned": _malloc_tuned()}
-
-
-def _malloc_tuned() -> bool:
-    from vit_lab import device
-
-    return device.MALLOC_TUNED
+            "malloc_tuned": vit_lab_device.MALLOC_TUNED}
 
 
 def compose(overrides: list[str] | None = None):
@@ -121,36 +117,48 @@ def default_cfg():
     return _DEFAULT_CFG
 
 
-def make_contender(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, compile: bool = False,
-                   precision: str = "fp32", note: str = "", cfg=None) -> Contender:
-    """The trainer's step (vit_lab/train.py): autocast forward, CE loss on float logits, zero_grad(set_to_none),
-    backward, the configured optimizer (conf/optimizer, AdamW by default, with the trainer's param groups) and
-    a per-step schedule. Every contender gets the same optimizer. Eval: no_grad forward + argmax."""
+def trainer_step(model: torch.nn.Module, forward: Callable | None = None, cfg=None,
+                 precision: str = "fp32") -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """The trainer's step (vit_lab/train.py) as ``step(x, y)``: autocast forward (through ``forward``, e.g. the
+    compiled model), CE loss on float logits, zero_grad(set_to_none), backward, the configured optimizer
+    (conf/optimizer, fused AdamW by default, with the trainer's param groups) and a per-step schedule."""
     from vit_lab.config import build
     from vit_lab.device import autocast
     from vit_lab.train import param_groups
 
     cfg = cfg if cfg is not None else default_cfg()
-    device = x.device
-    model.to(device).train()
-    step_model = torch.compile(model) if compile else model
+    forward = forward or model
     opt = build(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
-    def train_step() -> None:
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
         model.train()
-        with autocast(device, precision):
-            out = step_model(x)
-            loss = F.cross_entropy(out.float(), y)
+        with autocast(x.device, precision):
+            loss = F.cross_entropy(forward(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
 
+    return step
+
+
+def make_contender(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, compile: bool = False,
+                   precision: str = "fp32", note: str = "", cfg=None) -> Contender:
+    """The trainer's step on a fixed batch (every contender gets the same optimizer); eval: no_grad forward + argmax."""
+    from vit_lab.device import autocast
+
+    model.to(x.device).train()
+    forward = torch.compile(model) if compile else model
+    step = trainer_step(model, forward, cfg, precision)
+
+    def train_step() -> None:
+        step(x, y)
+
     def eval_step() -> None:
         model.eval()
-        with torch.no_grad(), autocast(device, precision):
-            step_model(x).argmax(1)
+        with torch.no_grad(), autocast(x.device, precision):
+            forward(x).argmax(1)
         model.train()
 
     return Contender(name, model, train_step, eval_step, note)
@@ -196,12 +204,19 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+CLOCKS = ("wall", "cpu", "best")
+
+
+def per_call(times: dict[str, list[float]], clock: str) -> float:
+    """Seconds per call from one of interleaved()'s records: the median of the ``wall`` or ``cpu`` clock, or
+    ``best``, the fastest wall-clock round (the least-disturbed estimate on a shared machine)."""
+    return min(times["wall"]) if clock == "best" else median(times[clock])
+
+
 def save(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    payload = {"benchmark": name, "machine": machine(), "loadavg_end": loadavg(), **payload}
-    path.write_text(json.dumps(payload, indent=2))
-    return path
+    return write_json(path, {"benchmark": name, "machine": machine(), "loadavg_end": loadavg(), **payload})
 
 
 def set_threads(threads: int | None) -> None:
@@ -217,19 +232,28 @@ def print_result(result: dict, report: Callable[[dict], str]) -> dict:
     return result
 
 
+def add_malloc_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-tune-malloc", action="store_true",
+                   help="leave glibc's malloc as is (the trainer tunes it on the CPU: device.tune_malloc)")
+
+
+def configure_like_trainer(overrides: list[str] | None = None, tune_malloc: bool = True) -> None:
+    """The trainer's process-wide settings for a CPU run of the composed config (``vit_lab.device.configure_process``).
+    Process-wide, so every contender in the process shares them."""
+    dev = compose(overrides).device
+    vit_lab_device.configure_process(torch.device("cpu"), dev.threads, malloc=tune_malloc and dev.tune_malloc)
+
+
 def add_step_args(p: argparse.ArgumentParser) -> None:
     """The options every step-timing script shares: threads, malloc tuning, saving and trainer overrides."""
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--no-tune-malloc", action="store_true",
-                   help="leave glibc's malloc as is (the trainer tunes it on the CPU: device.tune_malloc)")
+    add_malloc_arg(p)
     p.add_argument("--no-save", action="store_true")
     p.add_argument("overrides", nargs="*", help="trainer config overrides for vit_lab, e.g. device.compile=true")
 
 
 def parse_step_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse, then tune malloc as the trainer would (process-wide, so every contender in the process shares it)."""
-    from vit_lab.device import tune_malloc
-
+    """Parse, then set up the process as the trainer would for these overrides."""
     a = p.parse_args(argv)
-    a.tune_malloc = not a.no_tune_malloc and bool(compose(a.overrides).device.tune_malloc) and tune_malloc()
+    configure_like_trainer(a.overrides, tune_malloc=not a.no_tune_malloc)
     return a

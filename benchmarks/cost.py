@@ -28,6 +28,7 @@ from benchmarks.peak import train_step_flops
 
 def pipeline(batches: int = 100, rounds: int = 5, augments=("none", "crop", "affine")) -> dict:
     from vit_lab.config import build
+    from vit_lab.data import Batches
 
     cfg = C.compose()
     spec = build(cfg.data, _convert_="all")
@@ -35,7 +36,6 @@ def pipeline(batches: int = 100, rounds: int = 5, augments=("none", "crop", "aff
     model, _ = C.build_vit_lab(C.SIZES["default"])
     x0, y0 = C.synthetic_batch(cfg.trainer.batch_size)
     step = C.make_contender("vit_lab", model, x0, y0, compile=bool(cfg.device.compile))
-    from vit_lab.data import Batches
 
     iters = {}
     for name in augments:
@@ -113,12 +113,12 @@ CANDIDATES = {
 
 def candidates(names=None, batch: int = 128, rounds: int = 3, steps: int = 2) -> dict:
     """Training img/s of candidate configs (the trainer's model + step), interleaved; ratio to the default."""
+    from vit_lab.config import build
+
     x, y = C.synthetic_batch(batch)
     fns, meta = {}, {}
     for name in names or CANDIDATES:
         cfg = C.compose(CANDIDATES[name])
-        from vit_lab.config import build
-
         model = build(cfg.model, chw=(1, 28, 28), out_d=10)
         fns[name] = C.make_contender(name, model, x, y, compile=bool(cfg.device.compile), cfg=cfg).train_step
         meta[name] = {"overrides": CANDIDATES[name], "params": C.n_params(model)}
@@ -193,8 +193,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--patches", type=int, nargs="+", default=[4, 7])
     p.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--threads", type=int, default=None)
+    C.add_malloc_arg(p)
     p.add_argument("--no-save", action="store_true")
     a = p.parse_args(argv)
+    C.configure_like_trainer(tune_malloc=not a.no_tune_malloc)
     parts = ("pipeline", "memory", "scale") if a.part == "all" else (a.part,)
     r = run(parts, a.batches, a.full, tuple(a.patches), tuple(a.widths), a.threads, not a.no_save)
     return C.print_result(r, report)

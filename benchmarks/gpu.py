@@ -40,28 +40,17 @@ def _dataset(device: torch.device, limit: int | None):
     return images.to(device), labels.to(device), spec, source
 
 
-def epoch_time(contender: C.Contender, model_step, images, labels, spec, batch: int, device: torch.device,
-               precision: str) -> dict:
-    """One epoch through the trainer's Batches (device-resident uint8 -> float, normalise) with a real step."""
-    import torch.nn.functional as F
-
+def epoch_time(step, images, labels, spec, batch: int, device: torch.device) -> dict:
+    """One epoch through the trainer's Batches (device-resident uint8 -> float, normalise) with the trainer's step."""
     from vit_lab.data import Batches
-    from vit_lab.device import autocast
-    from vit_lab.train import param_groups
 
-    model = contender.model
-    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3)
     batches = Batches(images, labels, batch, shuffle=True, generator=torch.Generator().manual_seed(0),
                       mean=spec.mean, std=spec.std, normalize=spec.normalize, device=device)
     C._sync(device)
     t0 = time.perf_counter()
     n = 0
     for x, y in batches:
-        with autocast(device, precision):
-            loss = F.cross_entropy(model_step(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        step(x, y)
         n += len(y)
     C._sync(device)
     seconds = time.perf_counter() - t0
@@ -111,9 +100,8 @@ def run(device_name: str = "cuda", size_name: str = "default", batches=(128, 512
     for name, kind, precision, comp in specs:
         torch.manual_seed(0)
         model = (C.build_vit_lab(size)[0] if kind == "vit_lab" else C.build_timm(size)).to(device).train()
-        step = torch.compile(model) if comp else model
-        contender = C.Contender(name, model, lambda: None, lambda: None)
-        runs = [epoch_time(contender, step, images, labels, spec, batch, device, precision) for _ in range(epochs + 1)]
+        step = C.trainer_step(model, torch.compile(model) if comp else model, precision=precision)
+        runs = [epoch_time(step, images, labels, spec, batch, device) for _ in range(epochs + 1)]
         out["epoch"][name] = {"first_epoch_seconds": runs[0]["epoch_seconds"],  # includes compile / warm-up
                               "epoch_seconds": C.median([r["epoch_seconds"] for r in runs[1:]]),
                               "images_per_second": C.median([r["images_per_second"] for r in runs[1:]]),

@@ -30,7 +30,9 @@ def vit_forward_flops(batch: int, chw=(1, 28, 28), patch: int = 4, width: int = 
 
     ``cls_shortcut`` (default: on with cls pooling, as MyViT does): the last block computes only the class
     token's row (queries, projection and MLP for 1 token; keys and values for all). Off gives the nominal
-    FLOPs of a ViT that runs every token through every block (what timm executes).
+    FLOPs of a ViT that runs every token through every block (what timm executes). The tutorial style counts
+    its per-head q/k/v products (the model's arithmetic); MyMSA runs them as one block-diagonal product,
+    ``heads`` times as many multiply-adds.
     """
     c, h, w = chw
     n = (h // patch) * (w // patch)
@@ -92,11 +94,10 @@ def run(size_name: str = "default", batch: int = 128, rounds: int = 8, steps: in
     result = {"size": size_name, "batch": batch, "config": kw, "train_step_flops": flops,
               "nominal_train_step_flops": nominal,
               "forward_flops": vit_forward_flops(batch, **kw), "loadavg_start": load0, "threads": torch.get_num_threads()}
-    for clock in ("wall", "cpu", "best"):  # best = fastest round of each (wall), the least-disturbed estimate
-        pick = (lambda v: min(v["wall"])) if clock == "best" else (lambda v, c=clock: C.median(v[c]))
-        t_step = pick(times["train_step"])
-        peak = big_flops / pick(times["mm_square"])
-        shaped_peak = shaped_flops / pick(times["mm_step_shape"])
+    for clock in C.CLOCKS:
+        t_step = C.per_call(times["train_step"], clock)
+        peak = big_flops / C.per_call(times["mm_square"], clock)
+        shaped_peak = shaped_flops / C.per_call(times["mm_step_shape"], clock)
         achieved = flops / t_step
         result[clock] = {"step_seconds": t_step, "images_per_second": batch / t_step, "achieved_gflops": achieved / 1e9,
                          "peak_gflops_square": peak / 1e9, "peak_gflops_step_shape": shaped_peak / 1e9,

@@ -93,11 +93,10 @@ def run(sizes=("tutorial", "default"), batch: int = 128, rounds: int = 5, steps:
             per_fn = {k: (1 if k == "tutorial_loop" else steps) for k in fns}
             times = C.interleaved(fns, steps=per_fn, rounds=rounds, warmup=1)
             raw[phase] = times
-            for clock in ("wall", "cpu", "best"):  # best = fastest round (wall): the least-disturbed estimate
-                pick = (lambda v: min(v["wall"])) if clock == "best" else (lambda v, c=clock: C.median(v[c]))
-                ref = pick(times["vit_lab"])
+            for clock in C.CLOCKS:
+                ref = C.per_call(times["vit_lab"], clock)
                 for k in cs:
-                    t = pick(times[k])
+                    t = C.per_call(times[k], clock)
                     per.setdefault(k, {"note": cs[k].note})[f"{phase}_{clock}_img_s"] = batch / t
                     per[k][f"{phase}_{clock}_ratio_to_vit_lab"] = ref / t
         for k, v in compile_seconds.items():

@@ -16,7 +16,6 @@ The target is checked on validation accuracy per epoch (the test set is read onc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks import _common as C
+from vit_lab.io import read_json
 
 SMOKE = ["trainer.epochs=1", "data.train_limit=512", "data.val_size=256", "data.test_limit=256",
          "trainer.batch_size=64", "model.depth=1", "model.hidden_d=16", "model.patch_size=7", "trainer.progress=false",
@@ -47,8 +47,8 @@ def _poll_rss(pid: int, out: dict, stop: threading.Event) -> None:
         pass
 
 
-def run(overrides: list[str], target: float | None = None, run_dir: Path | None = None, timeout: float | None = None,
-        save: bool = True, echo: bool = True) -> dict:
+def run(overrides: list[str], target: float | None = None, run_dir: Path | None = None, save: bool = True,
+        echo: bool = True) -> dict:
     run_dir = Path(run_dir or C.RESULTS / f"tta-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "vit_lab.train", *overrides, f"hydra.run.dir={run_dir}"]
@@ -67,12 +67,12 @@ def run(overrides: list[str], target: float | None = None, run_dir: Path | None 
         lines.append(line)
         if echo:
             print(line, end="", flush=True)
-    rc = proc.wait(timeout=timeout)
+    rc = proc.wait()  # stdout is closed: the trainer has exited
     wall = time.perf_counter() - t0
     stop.set()
     maxrss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else []
-    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+    history = read_json(run_dir / "history.json") if (run_dir / "history.json").exists() else []
+    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
     reached = None
     if target is not None:
         reached = next(({"epoch": r["epoch"], "train_seconds": r["train_seconds"], "val_acc": r["val_acc"]}

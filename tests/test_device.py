@@ -139,7 +139,7 @@ def test_trainer_keeps_the_dataset_on_the_accelerator(mnist_root, tmp_path, monk
         return make
 
     tuned = []
-    monkeypatch.setattr(train_mod, "tune_malloc", lambda: tuned.append(1))
+    monkeypatch.setattr(dev, "tune_malloc", lambda: tuned.append(1))
     monkeypatch.setattr(train_mod, "resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(torch.Tensor, "to", tensor_to)
     monkeypatch.setattr(torch.nn.Module, "to", module_to)
@@ -167,7 +167,7 @@ def test_trainer_tunes_malloc_on_cpu_runs(mnist_root, tmp_path, monkeypatch, ena
     import vit_lab.train as train_mod
 
     tuned = []
-    monkeypatch.setattr(train_mod, "tune_malloc", lambda: tuned.append(1))
+    monkeypatch.setattr(dev, "tune_malloc", lambda: tuned.append(1))
     monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
     overrides = [o for o in TINY if not o.startswith("trainer.epochs")] + [
         "trainer.epochs=1", "trainer.checkpoint=false", "device=cpu", f"device.tune_malloc={str(enabled).lower()}"]

@@ -9,6 +9,7 @@ as usual. ``HYDRA_FULL_ERROR=1`` keeps Hydra's behaviour untouched: full traceba
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -102,7 +103,7 @@ def one_line_errors() -> Iterator[None]:
         except Exception as ex:  # noqa: BLE001 - filtered by describe(); the rest goes to Hydra's reporter
             msg = describe(ex)
             if msg is None:
-                return original(lambda: _reraise(ex))
+                return original(functools.partial(_reraise, ex))
             print(f"vit_lab: error: {msg}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
 

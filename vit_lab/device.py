@@ -49,10 +49,19 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def configure_process(device: torch.device, threads: int | None = None, malloc: bool = False) -> None:
+    """A run's process-wide settings, shared by the trainer and the benchmarks that time its step: torch's
+    intra-op threads (None = torch's default) and, for CPU runs, glibc's malloc (``tune_malloc``)."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    if malloc and device.type == "cpu":
+        tune_malloc()
+
+
 def tune_malloc() -> bool:
     """Keep freed activation buffers in glibc's heap instead of unmapping them after every step.
 
-    Process-wide and idempotent; the trainer calls it for CPU runs (``device.tune_malloc``). Measured on the
+    Process-wide and idempotent; ``configure_process`` calls it for CPU runs (``device.tune_malloc``). Measured on the
     2-core CPU: the tutorial-size step 8.6 -> 6.5 ms (1.3x), the default step 54 -> 51.5 ms (1.05x).
 
     By default glibc serves big blocks (>= 128 KiB, adaptively more) with mmap and gives them back on free,

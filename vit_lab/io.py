@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -45,11 +46,12 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
-_HELD: dict[Path, Any] = {}
+_HELD: dict[Path, Any] = {}  # this process's locks
 
 
 @atexit.register
 def _release_all() -> None:
+    """Close what ``train()`` called as a library left held (the OS would drop the locks, with a ResourceWarning)."""
     for path in list(_HELD):
         release_dir(path)
 
@@ -77,8 +79,6 @@ def claim_dir(path: str | os.PathLike) -> str | None:
         return holder
     f.seek(0)
     f.truncate()
-    import socket
-
     f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     f.flush()
     _HELD[path] = f

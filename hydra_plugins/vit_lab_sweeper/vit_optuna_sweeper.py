@@ -226,7 +226,7 @@ class VitOptunaSweeper(OptunaSweeper):
                  url or "memory", session, len(study.trials))
         try:
             impl.sweep(arguments)
-        except ValueError as e:  # the plugin asks for study.best_trial even when no trial completed
+        except ValueError:  # the plugin asks for study.best_trial even when no trial completed
             completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if completed or self.launched < impl.n_trials:
                 raise
