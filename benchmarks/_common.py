@@ -127,7 +127,7 @@ def trainer_step(model: torch.nn.Module, forward: Callable | None = None, cfg=No
     from vit_lab.train import param_groups
 
     cfg = cfg if cfg is not None else default_cfg()
-    forward = forward or model
+    forward = forward if forward is not None else model  # not `or`: a compiled module raises on len()
     opt = build(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +18,6 @@ import yaml
 
 from conftest import TINY, run_module, run_train
 from vit_lab.compare.__main__ import main
-from vit_lab.compare.runs import load_run
 from vit_lab.compare.table import UsageError, _shorten_path, fmt_params, fmt_pct, fmt_seconds, parse_where
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

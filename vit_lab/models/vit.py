@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vit_lab.errors import ShapeError
+from vit_lab.models.cpu_attention import cpu_attention
 
 
 def patchify(images: torch.Tensor, patch_size: int | Sequence[int]) -> torch.Tensor:
@@ -52,12 +53,14 @@ class MyMSA(nn.Module):
     computed for all heads at once.
 
     ``kernel`` picks how softmax(q k^T / sqrt(dh)) v is computed: ``sdpa`` (PyTorch's fused kernels),
-    ``explicit`` (scaled q @ k^T, softmax, @ v: three batched ops) or ``auto``: sdpa on accelerators, explicit
-    on the CPU, where torch's flash kernel for CPU scales poorly to a second thread at 50 tokens of 4-16 dims
-    (benchmarks/README.md: the default step is ~1.2x faster at 2 threads, the same at 1).
+    ``explicit`` (scaled q @ k^T, softmax, @ v: three batched ops), ``cpu`` (`cpu_attention`: forward and
+    backward by hand, laid out for MKL, with an exp2 softmax) or ``auto``: sdpa on accelerators; on the CPU, cpu
+    in eager mode (torch's flash kernel scales poorly to a second thread at 50 tokens of 4-16 dims, and its
+    softmax pays for a slow exp; benchmarks/README.md) and explicit under torch.compile (inductor fuses it).
+    ``cpu`` needs fp32 and no attention dropout; otherwise it runs as ``explicit``.
     """
 
-    KERNELS = ("auto", "sdpa", "explicit")
+    KERNELS = ("auto", "sdpa", "explicit", "cpu")
 
     def __init__(self, d: int, n_heads: int = 2, style: str = "fused", dropout: float = 0.0, kernel: str = "auto") -> None:
         super().__init__()
@@ -101,13 +104,20 @@ class MyMSA(nn.Module):
         h, dh = self.n_heads, self.d_head
         nq = n if n_queries is None else int(n_queries)
         w, bias = self.qkv_params()
+        p_drop = self.dropout if self.training else 0.0
+        kernel = self.kernel
+        if kernel == "auto":
+            kernel = "sdpa" if x.device.type != "cpu" else "explicit" if torch.compiler.is_compiling() else "cpu"
+        if kernel == "cpu" and p_drop == 0 and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+            q = F.linear(x if nq == n else x[:, :nq], w[:d], bias[:d])  # (B, nq, d)
+            out = cpu_attention(q, F.linear(x, w[d:], bias[d:]), h, self.scale)  # (B, nq, d), heads concatenated
+            return self.proj_drop(self.proj(out)) if self.style == "fused" else out
         if nq == n:
             q, k, v = F.linear(x, w, bias).reshape(b, n, 3, h, dh).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, dh)
         else:  # project queries for the first nq tokens only
             q = F.linear(x[:, :nq], w[:d], bias[:d]).reshape(b, nq, h, dh).transpose(1, 2)
             k, v = F.linear(x, w[d:], bias[d:]).reshape(b, n, 2, h, dh).permute(2, 0, 3, 1, 4)
-        p_drop = self.dropout if self.training else 0.0
-        if self.kernel == "sdpa" or (self.kernel == "auto" and q.device.type != "cpu"):
+        if kernel == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, nq, N)
