@@ -109,6 +109,31 @@ def test_flop_counter_agrees_with_torch_on_the_matrix_products(kernel):
     assert products == (f["total"] if kernel == "explicit" else f["total"] - f["attention"])
 
 
+def test_trainer_step_trains_through_a_compiled_forward():
+    """`--compile` hands the step a torch.compile'd module, which raises on len(): the step must not test its
+    truth value (a regression that broke `benchmarks.throughput --compile`); here a stand-in that raises alike."""
+    from benchmarks._common import synthetic_batch, trainer_step
+
+    torch.manual_seed(0)
+    model, cfg = build_vit_lab(SIZES["tutorial"])
+
+    class NoLen(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+        def __len__(self):
+            raise TypeError("no len()")
+
+    x, y = synthetic_batch(16)
+    before = model.mlp.weight.detach().clone()
+    trainer_step(model, NoLen(model), cfg)(x, y)
+    assert not torch.equal(before, model.mlp.weight)
+
+
 def test_micro_budgets(capsys):
     r = throughput.main(["--size", "tutorial", "--rounds", "1", "--steps", "1", "--batch", "4", "--no-eval"])
     cs = r["sizes"]["tutorial"]["contenders"]

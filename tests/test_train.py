@@ -110,3 +110,32 @@ def test_bad_overrides_one_clear_line(tmp_path, override, words):
 def test_missing_data_one_clear_line(tmp_path):
     proc = run_train(f"data.root={tmp_path / 'nowhere'}", "data.download=null", f"hydra.run.dir={tmp_path / 'run'}")
     _assert_one_clear_line(proc, str(tmp_path / "nowhere"))
+
+
+def test_train_as_a_library_holds_its_run_dir_only_while_it_runs(mnist_root, tmp_path, monkeypatch):
+    """train() called in-process (not through main) releases the directory's lock when it returns or fails,
+    and leaves a lock its caller took (main() keeps it to record failures) to that caller."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+    from vit_lab.errors import ConfigError
+    from vit_lab.io import claim_dir, dir_is_held, release_dir
+    from vit_lab.train import train
+
+    monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
+    overrides = [o for o in TINY if not o.startswith("trainer.epochs")] + ["trainer.epochs=1", "trainer.checkpoint=false"]
+    with initialize_config_dir(config_dir=str(CONF)):
+        cfg = compose(config_name="config", overrides=overrides)
+        bad = compose(config_name="config", overrides=overrides + ["trainer.batch_size=0"])
+    run_dir = tmp_path / "run"
+    held = []
+    monkeypatch.setattr("vit_lab.train.Run.write_history", lambda self: held.append(dir_is_held(self.dir)))
+    assert train(cfg, run_dir) > 0.1
+    assert held == [True] and not dir_is_held(run_dir)  # held during the epoch, released after
+    with pytest.raises(ConfigError):
+        train(bad, run_dir)
+    assert not dir_is_held(run_dir)
+    assert claim_dir(run_dir) is None  # ours again: a later run can take it
+    train(cfg, run_dir)
+    assert dir_is_held(run_dir)  # the caller's lock stays with the caller
+    release_dir(run_dir)

@@ -51,7 +51,7 @@ _HELD: dict[Path, Any] = {}  # this process's locks
 
 @atexit.register
 def _release_all() -> None:
-    """Close what ``train()`` called as a library left held (the OS would drop the locks, with a ResourceWarning)."""
+    """Close locks still held at exit (the OS would drop them, with a ResourceWarning)."""
     for path in list(_HELD):
         release_dir(path)
 
@@ -83,6 +83,11 @@ def claim_dir(path: str | os.PathLike) -> str | None:
     f.flush()
     _HELD[path] = f
     return None
+
+
+def dir_is_held(path: str | os.PathLike) -> bool:
+    """Whether this process holds the lock of ``path`` (taken by :func:`claim_dir`)."""
+    return Path(path) in _HELD
 
 
 def release_dir(path: str | os.PathLike) -> None:

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from vit_lab.data import Batches, IDXDataset
 from vit_lab.device import autocast, configure_process, resolve_device
 from vit_lab.errors import ConfigError, Diverged, Interrupted, RunDirBusy, RunStopped, UserError
-from vit_lab.io import atomic_write, claim_dir, read_json, release_dir, write_json
+from vit_lab.io import atomic_write, claim_dir, dir_is_held, read_json, release_dir, write_json
 from vit_lab.models.vit import check_vit_shape
 
 log = logging.getLogger("vit_lab.train")
@@ -192,16 +192,12 @@ def check_compatible(model: torch.nn.Module, state: dict, where: Path) -> None:
 
 
 class Run:
-    """The run directory's files: metrics, history and checkpoint, always written atomically."""
+    """The run directory's files: metrics, history and checkpoint, always written atomically (the caller, train(),
+    holds the directory's lock)."""
 
     def __init__(self, run_dir: Path, cfg: DictConfig) -> None:
         self.dir = run_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg
-        holder = claim_dir(self.dir)  # one writer per run directory: two never interleave their files
-        if holder is not None:
-            raise RunDirBusy(f"{self.dir} is in use by another run ({holder}); its files are left alone. "
-                             "Pass hydra.run.dir=<a new folder> (runs started in the same second share a folder)")
         for name in (CHECKPOINT, METRICS, HISTORY):  # temp files of a writer killed in this directory before
             for stale in self.dir.glob(f".{name}.*.tmp"):
                 stale.unlink(missing_ok=True)
@@ -227,9 +223,36 @@ class Run:
             atomic_write(self.dir / CHECKPOINT, lambda f: torch.save(state, f), mode="wb")
 
 
+def claim_run_dir(run_dir: Path) -> bool:
+    """Lock ``run_dir`` for this process: one writer per run directory, so two runs never interleave their files.
+
+    Returns True if this call took the lock, False if this process held it already; raises RunDirBusy (naming
+    the holder) if another process holds it.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if dir_is_held(run_dir):
+        return False
+    holder = claim_dir(run_dir)
+    if holder is not None:
+        raise RunDirBusy(f"{run_dir} is in use by another run ({holder}); its files are left alone. "
+                         "Pass hydra.run.dir=<a new folder> (runs started in the same second share a folder)")
+    return True
+
+
 def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
-    """Train, validate each epoch, test at the end. Returns the best validation accuracy (the sweep objective)."""
+    """Train, validate each epoch, test at the end. Returns the best validation accuracy (the sweep objective).
+
+    Holds the run directory's lock while it runs (``main()`` holds it longer, to record a failure there)."""
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
+    took = claim_run_dir(run_dir)
+    try:
+        return _fit(cfg, run_dir)
+    finally:
+        if took:
+            release_dir(run_dir)
+
+
+def _fit(cfg: DictConfig, run_dir: Path) -> float:
     spec = validate_config(cfg)
     device = resolve_device(cfg.device.name)
     precision = cfg.device.precision
@@ -416,6 +439,7 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        claim_run_dir(run_dir)  # before train(), so a failure is recorded while the directory is still ours
         with _interrupt_outside_the_loop(run_dir):
             return train(cfg, run_dir)
     except (UserError, RunStopped, Interrupted) as e:
