@@ -143,13 +143,20 @@ def trainer_step(model: torch.nn.Module, forward: Callable | None = None, cfg=No
     return step
 
 
-def make_contender(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, compile: bool = False,
-                   precision: str = "fp32", note: str = "", cfg=None) -> Contender:
+def compiled(model: torch.nn.Module, compile: bool | str) -> torch.nn.Module:
+    """The model, torch.compile'd if ``compile`` (True: the default mode; a string: that torch.compile mode)."""
+    from vit_lab.device import compile_model
+
+    return compile_model(model, compile if isinstance(compile, str) else "default") if compile else model
+
+
+def make_contender(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                   compile: bool | str = False, precision: str = "fp32", note: str = "", cfg=None) -> Contender:
     """The trainer's step on a fixed batch (every contender gets the same optimizer); eval: no_grad forward + argmax."""
     from vit_lab.device import autocast
 
     model.to(x.device).train()
-    forward = torch.compile(model) if compile else model
+    forward = compiled(model, compile)
     step = trainer_step(model, forward, cfg, precision)
 
     def train_step() -> None:

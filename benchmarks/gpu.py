@@ -6,7 +6,8 @@ GPU-resident dataset and torch.compile. Images/s on a fixed batch and the wall t
     python -m benchmarks.gpu --device cpu --smoke     # exercises the code path on the CPU (seconds)
 
 Contenders (default size; ``--size tutorial`` for the other): ``vit_lab`` fp32 eager, ``vit_lab`` bf16 eager,
-``vit_lab`` bf16 + compile, ``timm`` bf16 eager, ``timm`` bf16 + compile; every one with the trainer's step
+``vit_lab`` bf16 + compile, ``timm`` bf16 eager, ``timm`` bf16 + compile, and on CUDA ``vit_lab`` bf16 + compile
+with CUDA graphs (mode "reduce-overhead"); every one with the trainer's step
 (autocast forward, float CE, AdamW). Steady-state images/s come from interleaved rounds with CUDA sync;
 compile time is reported apart. The epoch time runs the trainer's ``Batches`` over the training split kept on the
 GPU as uint8 (the trainer does this whenever device != cpu), bf16 (+ compile), for vit_lab and timm.
@@ -73,6 +74,8 @@ def run(device_name: str = "cuda", size_name: str = "default", batches=(128, 512
              ("timm_bf16", "timm", "bf16", False)]
     if compile_:
         specs += [("vit_lab_bf16_compiled", "vit_lab", "bf16", True), ("timm_bf16_compiled", "timm", "bf16", True)]
+        if device.type == "cuda":  # CUDA graphs: the step's launches replayed at once (the host bounds this step)
+            specs += [("vit_lab_bf16_cudagraphs", "vit_lab", "bf16", "reduce-overhead")]
     for batch in batches:
         x, y = C.synthetic_batch(batch, device=device)
         cs = {}
@@ -100,7 +103,7 @@ def run(device_name: str = "cuda", size_name: str = "default", batches=(128, 512
     for name, kind, precision, comp in specs:
         torch.manual_seed(0)
         model = (C.build_vit_lab(size)[0] if kind == "vit_lab" else C.build_timm(size)).to(device).train()
-        step = C.trainer_step(model, torch.compile(model) if comp else model, precision=precision)
+        step = C.trainer_step(model, C.compiled(model, comp), precision=precision)
         runs = [epoch_time(step, images, labels, spec, batch, device) for _ in range(epochs + 1)]
         out["epoch"][name] = {"first_epoch_seconds": runs[0]["epoch_seconds"],  # includes compile / warm-up
                               "epoch_seconds": C.median([r["epoch_seconds"] for r in runs[1:]]),

@@ -2,7 +2,8 @@
 # One prepared GPU session, sized for a short lease (default budget 540 s of wall time):
 #   1. the `best` recipe on MNIST and on Fashion-MNIST, both at once (bf16 autocast + torch.compile, data on
 #      the GPU); each is a launch-bound small model, so two share a big card with little loss;
-#   2. `python -m benchmarks.gpu` (vit_lab vs timm: fp32 / bf16 / bf16 + compile, img/s and epoch time),
+#   2. `python -m benchmarks.gpu` (vit_lab vs timm: fp32 / bf16 / bf16 + compile, and vit_lab with CUDA graphs;
+#      img/s and epoch time),
 #      once the trainings end or at BENCH_AT seconds, whichever comes first;
 #   3. at the budget, unfinished trainings get SIGTERM (they checkpoint and can resume), and everything is packed
 #      into $OUT: logs, benchmark JSON, run_<name>.tgz (metrics, history, logs, checkpoint).
@@ -25,6 +26,7 @@ BENCH_AT=${BENCH_AT:-330}
 DEVICE=${DEVICE:-cuda}
 PRECISION=${PRECISION:-bf16}
 COMPILE=${COMPILE:-true}
+COMPILE_MODE=${COMPILE_MODE:-default}     # torch.compile mode of the trainings; reduce-overhead = CUDA graphs
 BEST_ARGS=${BEST_ARGS:-}
 TRAIN=${TRAIN:-best_mnist best_fashion}   # which runs: best_mnist, best_fashion
 RESUME_FROM=${RESUME_FROM:-}              # a folder of <name>/checkpoint.pt (earlier leases' runs) to continue
@@ -55,7 +57,7 @@ for name in $TRAIN; do
     args="$args resume=$(cd "$RESUME_FROM/$name" && pwd)"
   fi
   $PY -m vit_lab.train experiment=best device=$DEVICE device.precision=$PRECISION device.compile=$COMPILE \
-    device.threads=4 trainer.progress=false hydra.run.dir="$RUNS/$name" $args $BEST_ARGS >"$OUT/$name.log" 2>&1 &
+    device.compile_mode=$COMPILE_MODE device.threads=4 trainer.progress=false hydra.run.dir="$RUNS/$name" $args $BEST_ARGS >"$OUT/$name.log" 2>&1 &
   PIDS+=($!)
   echo "[session] $name started at $(elapsed) s, pid $!: $args"
 done

@@ -100,6 +100,7 @@ def test_hydra_output_dirs():
     ("optimizer.lr=0", ["optimizer.lr=0"]),
     ("optimizer.lr=-1e-3", ["optimizer.lr"]),
     ("data.val_size=-1", ["data.val_size"]),
+    ("device.compile_mode=turbo", ["device.compile_mode='turbo'", "reduce-overhead"]),
 ])
 def test_bad_values_fail_validation_with_one_line(override, words):
     cfg = compose_cfg(override)
@@ -114,3 +115,12 @@ def test_shape_error_is_a_config_error():
     cfg = compose_cfg("model.patch_size=3")
     with pytest.raises(ShapeError):
         validate_config(cfg)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "mps"])
+def test_device_options_share_auto_s_keys(device):
+    """cpu/cuda/mps.yaml inherit every key but the name from auto.yaml; a key added there reaches them all."""
+    cfg = compose_cfg(f"device={device}")
+    assert cfg.device.name == device
+    assert set(cfg.device) == set(compose_cfg("device=auto").device)
+    assert cfg.device.compile is False and cfg.device.compile_mode == "default" and cfg.device.tune_malloc is True

@@ -204,3 +204,22 @@ def test_tune_malloc_stops_page_faulting_freed_activations():
                                           check=True).stdout) for mode in ("default", "tuned")}
     assert per_alloc["default"] > 1000  # 20 MiB a step = 5,120 pages; glibc keeps some of them
     assert per_alloc["tuned"] < per_alloc["default"] / 10
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_trainer_compiles_with_the_configured_mode(mnist_root, tmp_path, monkeypatch, mode):
+    """device.compile_mode reaches torch.compile (reduce-overhead = CUDA graphs on a GPU; the compile itself is
+    replaced here: what matters is the call the trainer makes)."""
+    from hydra import compose, initialize_config_dir
+
+    import vit_lab.train as train_mod
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: calls.append(mode) or model)
+    monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
+    overrides = [o for o in TINY if not o.startswith("trainer.epochs")] + [
+        "trainer.epochs=1", "trainer.checkpoint=false", "device.compile=true", f"device.compile_mode={mode}"]
+    with initialize_config_dir(config_dir=str(CONF)):
+        cfg = compose(config_name="config", overrides=overrides)
+    train_mod.train(cfg, tmp_path)
+    assert calls == [None if mode == "default" else mode]

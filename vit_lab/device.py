@@ -11,6 +11,7 @@ from vit_lab.errors import ConfigError, DeviceError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MALLOC_TUNED = False  # set by tune_malloc(); benchmarks record it
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 def _mps_available() -> bool:
@@ -47,6 +48,18 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_compile_mode(mode: str) -> str:
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"device.compile_mode={mode!r} is unknown; use one of {', '.join(COMPILE_MODES)}")
+    return mode
+
+
+def compile_model(model: torch.nn.Module, mode: str = "default") -> torch.nn.Module:
+    """torch.compile with a checked mode name; "reduce-overhead" records CUDA graphs, which take the per-step
+    launch cost off the host (what bounds a GPU step at these model sizes, benchmarks/README.md)."""
+    return torch.compile(model, mode=None if check_compile_mode(mode) == "default" else mode)
 
 
 def configure_process(device: torch.device, threads: int | None = None, malloc: bool = False) -> None:

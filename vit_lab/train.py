@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from vit_lab.data import Batches, IDXDataset
-from vit_lab.device import autocast, configure_process, resolve_device
+from vit_lab.device import autocast, check_compile_mode, compile_model, configure_process, resolve_device
 from vit_lab.errors import ConfigError, Diverged, Interrupted, RunDirBusy, RunStopped, UserError
 from vit_lab.io import atomic_write, claim_dir, dir_is_held, read_json, release_dir, write_json
 from vit_lab.models.vit import check_vit_shape
@@ -81,6 +81,7 @@ def validate_config(cfg: DictConfig) -> IDXDataset:
         value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be true or false")
+    check_compile_mode(OmegaConf.select(cfg, "device.compile_mode", default="default"))
 
     spec = build(cfg.data, _convert_="all")
     spec.validate()
@@ -275,7 +276,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> float:
     if device.type != "cpu":  # keep the whole (uint8) dataset on the accelerator: no per-batch host copies
         data = type(data)(**{k: v.to(device) for k, v in vars(data).items()})
     model.to(device)
-    step_model = torch.compile(model) if cfg.device.compile else model
+    step_model = compile_model(model, cfg.device.get("compile_mode", "default")) if cfg.device.compile else model
 
     opt = build(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0))
     norm = dict(mean=spec.mean, std=spec.std, normalize=spec.normalize, device=device)
