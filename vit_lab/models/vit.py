@@ -3,7 +3,7 @@
 `MyViT`, `MyViTBlock`, `MyMSA`, `patchify` and `get_positional_embeddings` keep the names of the seed
 ("Vision Transformers from Scratch"), but nothing loops in Python over images, patches or heads:
 patchify is one reshape, and attention is batched over images and heads (`F.scaled_dot_product_attention`
-on accelerators, three batched ops on the CPU, where that is faster at these sizes).
+on accelerators; on the CPU, `cpu_attention`, written for these sizes, since torch's kernels are slow there).
 """
 
 from __future__ import annotations
