@@ -143,6 +143,11 @@ def trainer_step(model: torch.nn.Module, forward: Callable | None = None, cfg=No
     return step
 
 
+def trainer_compile(cfg) -> bool | str:
+    """What the trainer does with ``cfg``: False (eager) or the torch.compile mode (device.compile/compile_mode)."""
+    return cfg.device.get("compile_mode", "default") if cfg.device.compile else False
+
+
 def compiled(model: torch.nn.Module, compile: bool | str) -> torch.nn.Module:
     """The model, torch.compile'd if ``compile`` (True: the default mode; a string: that torch.compile mode)."""
     from vit_lab.device import compile_model
@@ -227,8 +232,7 @@ def save(name: str, payload: dict) -> Path:
 
 
 def set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(int(threads))
+    vit_lab_device.configure_process(torch.device("cpu"), threads)
 
 
 def print_result(result: dict, report: Callable[[dict], str]) -> dict:

@@ -35,7 +35,7 @@ def pipeline(batches: int = 100, rounds: int = 5, augments=("none", "crop", "aff
     data = spec.load(seed=0)
     model, _ = C.build_vit_lab(C.SIZES["default"])
     x0, y0 = C.synthetic_batch(cfg.trainer.batch_size)
-    step = C.make_contender("vit_lab", model, x0, y0, compile=bool(cfg.device.compile))
+    step = C.make_contender("vit_lab", model, x0, y0, compile=C.trainer_compile(cfg))
 
     iters = {}
     for name in augments:
@@ -120,7 +120,7 @@ def candidates(names=None, batch: int = 128, rounds: int = 3, steps: int = 2) ->
     for name in names or CANDIDATES:
         cfg = C.compose(CANDIDATES[name])
         model = build(cfg.model, chw=(1, 28, 28), out_d=10)
-        fns[name] = C.make_contender(name, model, x, y, compile=bool(cfg.device.compile), cfg=cfg).train_step
+        fns[name] = C.make_contender(name, model, x, y, compile=C.trainer_compile(cfg), cfg=cfg).train_step
         meta[name] = {"overrides": CANDIDATES[name], "params": C.n_params(model)}
     times = C.interleaved(fns, steps=steps, rounds=rounds, warmup=1)
     first = next(iter(fns))

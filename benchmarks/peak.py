@@ -79,7 +79,7 @@ def run(size_name: str = "default", batch: int = 128, rounds: int = 8, steps: in
     load0 = C.loadavg()
     model, cfg = C.build_vit_lab(size, overrides)
     x, y = C.synthetic_batch(batch)
-    contender = C.make_contender("vit_lab", model, x, y, compile=bool(cfg.device.compile), cfg=cfg)
+    contender = C.make_contender("vit_lab", model, x, y, compile=C.trainer_compile(cfg), cfg=cfg)
     m = cfg.model
     kw = dict(patch=m.patch_size, width=m.hidden_d, depth=m.depth, heads=m.n_heads, mlp_ratio=m.mlp_ratio,
               attention=m.attention, pool=m.pool)

@@ -38,12 +38,13 @@ def contenders(size_name: str, x: torch.Tensor, y: torch.Tensor, compile_: bool,
     out: dict[str, C.Contender] = {}
     torch.manual_seed(0)
     model, cfg = C.build_vit_lab(size, overrides)
-    path = "compiled" if cfg.device.compile else "eager"
+    comp = C.trainer_compile(cfg)
+    path = f"compiled, mode {comp}" if comp else "eager"
 
     def contender(name, m, **kw):  # every contender trains with the composed config's optimizer
         return C.make_contender(name, m, x, y, cfg=cfg, **kw)
 
-    out["vit_lab"] = contender("vit_lab", model, compile=bool(cfg.device.compile),
+    out["vit_lab"] = contender("vit_lab", model, compile=comp,
                                       note=f"trainer default path ({path}), {C.n_params(model):,} params")
     if size_name == "tutorial":
         tmodel, _ = C.build_vit_lab(size, ["model.attention=tutorial", "model.pos_embed=sinusoidal",
@@ -64,14 +65,14 @@ def contenders(size_name: str, x: torch.Tensor, y: torch.Tensor, compile_: bool,
     if compile_:
         tc = C.build_timm(size)
         out["timm_compiled"] = contender("timm_compiled", tc, compile=True, note="torch.compile")
-        if not cfg.device.compile:
+        if not comp:
             mc, _ = C.build_vit_lab(size, overrides)
             out["vit_lab_compiled"] = contender("vit_lab_compiled", mc, compile=True, note="torch.compile")
     for name, c in out.items():  # the first call compiles (if at all): time it apart from the measurement
         t0 = time.perf_counter()
         c.train_step()
         c.eval_step()
-        if "compiled" in name or (name == "vit_lab" and cfg.device.compile):
+        if "compiled" in name or (name == "vit_lab" and comp):
             compile_seconds[name] = time.perf_counter() - t0
     return out, compile_seconds
 

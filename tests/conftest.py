@@ -43,3 +43,13 @@ def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | Non
 
 def run_train(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return run_module("vit_lab.train", *args, **kwargs)
+
+
+def one_epoch_cfg(*overrides: str):
+    """The composed config of a one-epoch TINY run without checkpoints, for in-process `train(cfg, dir)` tests
+    (set VIT_LAB_DATA, e.g. with monkeypatch, before training)."""
+    from hydra import compose, initialize_config_dir
+
+    base = [o for o in TINY if not o.startswith("trainer.epochs")] + ["trainer.epochs=1", "trainer.checkpoint=false"]
+    with initialize_config_dir(config_dir=str(CONF)):
+        return compose(config_name="config", overrides=base + list(overrides))

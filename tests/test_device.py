@@ -12,7 +12,7 @@ import torch
 from vit_lab import device as dev
 from vit_lab.errors import ConfigError, DeviceError
 
-from conftest import CONF, TINY
+from conftest import one_epoch_cfg
 
 
 @pytest.fixture
@@ -112,8 +112,6 @@ def _cuda_as_cpu(device):
 
 def test_trainer_keeps_the_dataset_on_the_accelerator(mnist_root, tmp_path, monkeypatch):
     """With a (mocked) CUDA device, the trainer moves the whole uint8 dataset to it once, and batches come from it."""
-    from hydra import compose, initialize_config_dir
-
     import vit_lab.train as train_mod
 
     moved = []
@@ -146,10 +144,7 @@ def test_trainer_keeps_the_dataset_on_the_accelerator(mnist_root, tmp_path, monk
     monkeypatch.setattr(torch, "tensor", factory(real_tensor))
     monkeypatch.setattr(torch, "zeros", factory(real_zeros))
     monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
-    overrides = [o for o in TINY if not o.startswith("trainer.epochs")] + ["trainer.epochs=1", "trainer.checkpoint=false"]
-    with initialize_config_dir(config_dir=str(CONF)):
-        cfg = compose(config_name="config", overrides=overrides)
-    train_mod.train(cfg, tmp_path)
+    train_mod.train(one_epoch_cfg(), tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["device"] == "cuda"
     # the six dataset tensors crossed once, as uint8 images and int64 labels, before any batch
@@ -162,18 +157,12 @@ def test_trainer_keeps_the_dataset_on_the_accelerator(mnist_root, tmp_path, monk
 
 @pytest.mark.parametrize("enabled", [True, False])
 def test_trainer_tunes_malloc_on_cpu_runs(mnist_root, tmp_path, monkeypatch, enabled):
-    from hydra import compose, initialize_config_dir
-
     import vit_lab.train as train_mod
 
     tuned = []
     monkeypatch.setattr(dev, "tune_malloc", lambda: tuned.append(1))
     monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
-    overrides = [o for o in TINY if not o.startswith("trainer.epochs")] + [
-        "trainer.epochs=1", "trainer.checkpoint=false", "device=cpu", f"device.tune_malloc={str(enabled).lower()}"]
-    with initialize_config_dir(config_dir=str(CONF)):
-        cfg = compose(config_name="config", overrides=overrides)
-    train_mod.train(cfg, tmp_path)
+    train_mod.train(one_epoch_cfg("device=cpu", f"device.tune_malloc={str(enabled).lower()}"), tmp_path)
     assert tuned == ([1] if enabled else [])
 
 
@@ -210,16 +199,10 @@ def test_tune_malloc_stops_page_faulting_freed_activations():
 def test_trainer_compiles_with_the_configured_mode(mnist_root, tmp_path, monkeypatch, mode):
     """device.compile_mode reaches torch.compile (reduce-overhead = CUDA graphs on a GPU; the compile itself is
     replaced here: what matters is the call the trainer makes)."""
-    from hydra import compose, initialize_config_dir
-
     import vit_lab.train as train_mod
 
     calls = []
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: calls.append(mode) or model)
     monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
-    overrides = [o for o in TINY if not o.startswith("trainer.epochs")] + [
-        "trainer.epochs=1", "trainer.checkpoint=false", "device.compile=true", f"device.compile_mode={mode}"]
-    with initialize_config_dir(config_dir=str(CONF)):
-        cfg = compose(config_name="config", overrides=overrides)
-    train_mod.train(cfg, tmp_path)
+    train_mod.train(one_epoch_cfg("device.compile=true", f"device.compile_mode={mode}"), tmp_path)
     assert calls == [None if mode == "default" else mode]

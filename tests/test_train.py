@@ -115,18 +115,13 @@ def test_missing_data_one_clear_line(tmp_path):
 def test_train_as_a_library_holds_its_run_dir_only_while_it_runs(mnist_root, tmp_path, monkeypatch):
     """train() called in-process (not through main) releases the directory's lock when it returns or fails,
     and leaves a lock its caller took (main() keeps it to record failures) to that caller."""
-    from hydra import compose, initialize_config_dir
-
-    from conftest import CONF
+    from conftest import one_epoch_cfg
     from vit_lab.errors import ConfigError
     from vit_lab.io import claim_dir, dir_is_held, release_dir
     from vit_lab.train import train
 
     monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
-    overrides = [o for o in TINY if not o.startswith("trainer.epochs")] + ["trainer.epochs=1", "trainer.checkpoint=false"]
-    with initialize_config_dir(config_dir=str(CONF)):
-        cfg = compose(config_name="config", overrides=overrides)
-        bad = compose(config_name="config", overrides=overrides + ["trainer.batch_size=0"])
+    cfg, bad = one_epoch_cfg(), one_epoch_cfg("trainer.batch_size=0")
     run_dir = tmp_path / "run"
     held = []
     monkeypatch.setattr("vit_lab.train.Run.write_history", lambda self: held.append(dir_is_held(self.dir)))
