@@ -139,17 +139,30 @@ def test_cpu_attention_matches_float64_reference(d, h, nq):
     assert torch.allclose(kv32.grad.double(), dkv, atol=1e-5)
 
 
-def test_softmax2_equals_softmax_and_falls_back_where_a_row_would_underflow():
+def test_softmax2_equals_softmax_on_each_of_its_three_paths(monkeypatch):
+    """Unshifted exp2 (row sums in range), shifted by the block maximum (sums beyond 2^64), torch.softmax (a row
+    ~500 binary orders below its block's maximum): each gives softmax, and each is taken where it should be."""
+    shifted, exact = [], []
+    real_amax, real_softmax = torch.Tensor.amax, torch.softmax
+    monkeypatch.setattr(torch.Tensor, "amax", lambda t, *a, **k: shifted.append(1) or real_amax(t, *a, **k))
+    monkeypatch.setattr(torch, "softmax", lambda *a, **k: exact.append(1) or real_softmax(*a, **k))
     torch.manual_seed(0)
-    s = torch.randn(6, 5, 50) * 20
-    ref = torch.softmax(s * math.log(2.0), -1)
-    assert torch.allclose(softmax2(s.clone()), ref, atol=1e-6)
-    s[2, 3] -= 500  # this row lies 500 binary orders below its block's maximum: exp2 alone would give 0/0
-    out = softmax2(s.clone())
-    assert torch.isfinite(out).all()
-    assert torch.allclose(out, torch.softmax(s * math.log(2.0), -1), atol=1e-6)
+
+    def check(s):
+        out = softmax2(s.clone())
+        assert torch.isfinite(out).all()
+        assert torch.allclose(out, real_softmax(s * math.log(2.0), -1), atol=1e-6)
+
+    s = torch.randn(6, 5, 50) * 10  # base-2 logits within about +-45: in range
+    check(s)
+    assert (shifted, exact) == ([], [])
+    check(s + 100)  # every row sum ~2^145: float32 would overflow unshifted
+    assert (len(shifted), exact) == (1, [])
+    s[2, 3] -= 500  # 500 binary orders below its block's maximum: 0/0 even when shifted
+    check(s)
+    assert (len(shifted), len(exact)) == (2, 1)
     s[0, 0, 0] = float("inf")
-    assert torch.equal(softmax2(s.clone()).isnan(), torch.softmax(s, -1).isnan())  # as torch defines it
+    assert torch.equal(softmax2(s.clone()).isnan(), real_softmax(s, -1).isnan())  # as torch defines it
 
 
 def test_auto_kernel_uses_sdpa_off_the_cpu_only(monkeypatch):
