@@ -12,6 +12,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
+# The README's command passes a relative VIT_LAB_DATA; tests start jobs in other folders, so pin it to the folder
+# pytest was launched from, as the lab's entry points do for their own jobs.
+if os.environ.get("VIT_LAB_DATA"):
+    os.environ["VIT_LAB_DATA"] = str(Path(os.environ["VIT_LAB_DATA"]).expanduser().resolve())
+
 
 def data_root() -> Path:
     """The real MNIST root: $VIT_LAB_DATA (CI sets it), else ../shared/data beside the repo."""

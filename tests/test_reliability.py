@@ -150,6 +150,28 @@ def test_invalid_sweeper_params_is_one_line(capsys, monkeypatch, tmp_path, param
     assert not any(tmp_path.rglob("metrics.json"))  # nothing was launched
 
 
+@pytest.mark.slow
+def test_official_sweeper_reports_the_trials_error_not_a_bad_parameter(tmp_path):
+    """Every trial fails on missing data: the data error reaches the console and the last line says no trial
+    completed, instead of blaming hydra.sweeper.params."""
+    (tmp_path / "outputs").mkdir()
+    proc = run_train("-m", "hydra/sweeper=optuna", "hydra.sweeper.storage=sqlite:///outputs/optuna.db",
+                     "hydra.sweeper.n_trials=2", "model.depth=choice(1,2)", "trainer.epochs=1",
+                     cwd=tmp_path, env={"VIT_LAB_DATA": str(tmp_path / "nothing")})
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("vit_lab: error: ")]
+    assert len(errors) == 1 and "no trial of the sweep completed" in errors[0], proc.stderr
+    assert "hydra.sweeper.params" not in errors[0]
+    assert "mnist data not found" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_storage_in_a_missing_folder_is_one_line(tmp_path):
+    proc = run_train("-m", "hydra/sweeper=optuna", "hydra.sweeper.storage=sqlite:///nowhere/optuna.db",
+                     "hydra.sweeper.n_trials=1", "model.depth=choice(1,2)", cwd=tmp_path)
+    assert_one_clear_line(proc, "hydra.sweeper.storage", "unable to open database file")
+
+
 def test_one_line_folds_hydra_messages():
     msg = ("In 'config': Could not find 'model/foo'\n\nAvailable options in 'model':\n\tcnn\n\tvit\n"
            "Config search path:\n\tprovider=hydra, path=pkg://hydra.conf\n")

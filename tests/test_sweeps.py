@@ -274,3 +274,15 @@ def test_settle_records_pruned_failed_and_crashed_jobs_on_their_trials(tmp_path)
     sweeper.settle(crashed, ret)
     assert metrics(run_dir) == {"status": "failed", "reason": "RuntimeError: CUDA out of memory"}
     assert study.trials[crashed.number].user_attrs["reason"] == "RuntimeError: CUDA out of memory"
+
+
+def test_joblib_sweep_from_another_folder_with_a_relative_data_root(tmp_path):
+    """Launcher workers see the launch folder's data even when VIT_LAB_DATA is relative."""
+    rel = os.path.relpath(data_root(), tmp_path)
+    ok(run_train("-m", *TINY, "trainer.epochs=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                 "model.n_heads=1,2", "hydra.sweep.dir=sweep", cwd=tmp_path, env={"VIT_LAB_DATA": rel}))
+    runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(runs) == 2
+    for path in runs:
+        m = json.loads(path.read_text())
+        assert m["status"] == "completed" and m["data_root"] == str(data_root().resolve())

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY, run_train
+from conftest import TINY, data_root, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -134,3 +135,13 @@ def test_train_as_a_library_holds_its_run_dir_only_while_it_runs(mnist_root, tmp
     train(cfg, run_dir)
     assert dir_is_held(run_dir)  # the caller's lock stays with the caller
     release_dir(run_dir)
+
+
+def test_relative_data_root_works_from_another_folder(tmp_path):
+    """A relative VIT_LAB_DATA means the launch folder's view, and the run records the absolute root it used."""
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    rel = os.path.relpath(data_root(), work)
+    proc = run_train(*TINY, "trainer.epochs=1", "hydra.run.dir=run", cwd=work, env={"VIT_LAB_DATA": rel})
+    assert proc.returncode == 0, proc.stderr
+    assert read(work / "run" / "metrics.json")["data_root"] == str(data_root().resolve())

@@ -68,9 +68,35 @@ def describe(ex: BaseException) -> str | None:
     if isinstance(ex, OSError) and ex.filename is not None:  # e.g. an output directory that cannot be created
         return (f"cannot create or write {ex.filename}: {ex.strerror or type(ex).__name__}; "
                 "choose another hydra.run.dir / hydra.sweep.dir")
-    if isinstance(ex, ValueError) and _frames_under(ex, "hydra_plugins"):  # e.g. a bad hydra.sweeper.params range
+    if _from_sqlalchemy(ex):  # the Optuna storage: an unreachable server, a SQLite file in a missing folder
+        cause = getattr(ex, "orig", None) or ex
+        return (f"cannot use the Optuna storage (hydra.sweeper.storage): {one_line(str(cause))}; check the URL, "
+                "that the server is up, or that a SQLite file's folder exists")
+    if isinstance(ex, ValueError) and _frames_named(ex, _PARAM_PARSERS):  # e.g. a bad hydra.sweeper.params range
         return f"invalid sweep configuration (hydra.sweeper.params): {one_line(str(ex))}"
+    if isinstance(ex, ValueError) and _frames_named(ex, ("best_trial", "best_trials", "best_value", "best_params")):
+        return ("no trial of the sweep completed, so there is no best trial; each failed trial's error is logged "
+                "above and in its run folder's metrics.json")
     return None
+
+
+# Functions of hydra-optuna-sweeper that parse `hydra.sweeper.params` (a ValueError there is the user's space).
+_PARAM_PARSERS = ("create_optuna_distribution_from_override", "create_params_from_overrides",
+                  "_parse_sweeper_params_config", "_process_searchspace_config")
+
+
+def _frames_named(ex: BaseException, names: tuple[str, ...]) -> bool:
+    """Whether the exception's traceback passes through a function of one of these names."""
+    tb = ex.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in names:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _from_sqlalchemy(ex: BaseException) -> bool:
+    return any(type(e).__module__.startswith("sqlalchemy") for e in (ex, ex.__cause__, ex.__context__) if e)
 
 
 def _frames_under(ex: BaseException, folder: str) -> bool:
@@ -124,5 +150,8 @@ def cli(main: Callable[[], Any]) -> None:
     Pass the decorated function of the module run as ``__main__``: Hydra finds ``config_path="../conf"``
     relative to that file (imported as ``vit_lab.train`` it would look for a Python package ``conf``).
     """
+    from vit_lab.data import pin_data_env
+
+    pin_data_env()  # before Hydra starts any job: every launcher and worker inherits the absolute path
     with one_line_errors():
         main()

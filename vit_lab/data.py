@@ -32,6 +32,22 @@ _IDX_UINT8 = 0x08
 _DOWNLOADERS = ("MNIST", "FashionMNIST", "KMNIST")  # torchvision classes whose raw/ files are plain IDX
 
 
+DATA_ENV = "VIT_LAB_DATA"
+
+
+def pin_data_env(cwd: str | os.PathLike | None = None) -> str | None:
+    """Make a relative ``$VIT_LAB_DATA`` absolute, once, against the folder the command was launched from.
+
+    Launchers, sweep workers and subprocesses inherit the environment but may start in other folders, where a
+    relative path would point elsewhere; pinning it at the entry point gives every job the same data.
+    """
+    value = os.environ.get(DATA_ENV)
+    if value and not Path(value).expanduser().is_absolute():
+        value = str((Path(cwd or os.getcwd()) / Path(value).expanduser()).resolve())
+        os.environ[DATA_ENV] = value
+    return value
+
+
 def _one_line(text: Any) -> str:
     """Collapse whitespace so an error message stays on one line."""
     return " ".join(str(text).split())
@@ -202,7 +218,7 @@ class IDXDataset:
 
     def resolve_root(self) -> Path:
         """data.root, else $VIT_LAB_DATA, else ./data; relative paths are taken from the launch folder."""
-        root = self.root if self.root not in (None, "") else (os.environ.get("VIT_LAB_DATA") or "./data")
+        root = self.root if self.root not in (None, "") else (os.environ.get(DATA_ENV) or "./data")
         path = Path(root).expanduser()
         if not path.is_absolute():
             try:  # Hydra may have changed into the run folder; relative paths mean the folder the user launched from

@@ -271,7 +271,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> float:
 
     run = Run(run_dir, cfg)
     run.write_metrics(device=str(device), versions=versions(), n_params=sum(p.numel() for p in model.parameters()),
-                      model=type(model).__name__, resumed_from=str(ckpt_file) if ckpt_file else None)
+                      model=type(model).__name__, resumed_from=str(ckpt_file) if ckpt_file else None,
+                      data_root=str(spec.resolve_root()))
     data = spec.load(seed=seed)
     if device.type != "cpu":  # keep the whole (uint8) dataset on the accelerator: no per-batch host copies
         data = type(data)(**{k: v.to(device) for k, v in vars(data).items()})
@@ -407,10 +408,11 @@ def _finish_with_error(run_dir: Path, status: str, reason: str) -> None:
         pass
 
 
-def _log_to_files(level: int, message: str) -> None:
+def _log_to_files(level: int, message: str, console: bool = False) -> None:
+    """Log to the run's files only (a single run prints its own one line), or everywhere (a sweep's job)."""
     record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
+        if console or isinstance(handler, logging.FileHandler):
             handler.handle(record)
 
 
@@ -447,7 +449,9 @@ def main(cfg: DictConfig) -> float:
         status = getattr(e, "status", "interrupted" if isinstance(e, Interrupted) else "failed")
         if not isinstance(e, RunDirBusy):  # that metrics.json belongs to the other run
             _finish_with_error(run_dir, status, str(e))
-        _log_to_files(logging.ERROR, f"{status}: {e}")  # the console gets the one line below
+        # a single run's console gets the one line below; a sweep job's error must reach the console here, or
+        # the sweep's own summary ("no trial completed") would be all the user sees
+        _log_to_files(logging.ERROR, f"{status}: {e}", console=multirun and not isinstance(e, Interrupted))
         if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the traceback, for debugging; metrics.json is already written
             raise
         if isinstance(e, Interrupted):

@@ -1,0 +1,27 @@
+"""CI runs the README's test command as the README prints it, so the two cannot drift apart."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def readme_command(which: str) -> str:
+    proc = subprocess.run([sys.executable, str(REPO / ".ci" / "readme_command.py"), which], capture_output=True,
+                          text=True, check=True)
+    return proc.stdout.strip()
+
+
+def test_ci_runs_the_readme_test_command():
+    cmd = readme_command("test")
+    assert cmd.startswith("python3 -m venv .venv") and cmd.endswith("python -m pytest -q")
+    assert "VIT_LAB_DATA=../shared/data" in cmd and f"    {cmd}\n" in (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "readme_command.py test" in ci and 'bash -c "$cmd"' in ci
+
+
+def test_readme_main_command_runs_the_main_job():
+    cmd = readme_command("main")
+    assert cmd.endswith("python -m vit_lab.train") and "pip install -e" in cmd
