@@ -73,12 +73,12 @@ def synth_idx(tmp_path: Path) -> tuple[dict, dict, Path]:
 
 
 def write_image(path: Path, img: torch.Tensor) -> Path:
-    """Write a uint8 (C,H,W) tensor as a real PNG or JPEG file (by suffix), encoded by torchvision.io."""
-    from torchvision.io import encode_jpeg, encode_png
+    """Write a uint8 or uint16 (C,H,W) tensor as a real PNG or JPEG file (by suffix), encoded by Pillow."""
+    from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = encode_jpeg(img, quality=95) if path.suffix.lower() in (".jpg", ".jpeg") else encode_png(img)
-    path.write_bytes(data.numpy().tobytes())
+    arr = img.numpy()
+    Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(path, quality=95)  # uint16: I;16
     return path
 
 

@@ -21,9 +21,10 @@ from .checks import invalid, is_md5, one_line
 from .datasets import Arrays, InMemoryDataset, torchvision_download
 
 DOWNLOADERS = ("CIFAR10",)
-# The globals a pickled numpy array needs (numpy 1.x wrote numpy.core, 2.x writes numpy._core).
+# The globals a pickled numpy array needs (numpy 1.x wrote numpy.core, 2.x writes numpy._core; Python 3's protocol 2
+# writes bytes through _codecs.encode).
 _ARRAY_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
-_ARRAY_GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype")}
+_ARRAY_GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -41,9 +42,11 @@ def read_batch(raw: bytes, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         entry = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except Exception as e:  # any malformed pickle: truncated, wrong protocol, foreign globals
         raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {one_line(e)}); re-download it") from None
-    if isinstance(entry, dict):
-        entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
-    data, labels = (entry.get("data"), entry.get("labels")) if isinstance(entry, dict) else (None, None)
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: not a CIFAR-10 python batch (a {type(entry).__name__}, not a dict of data and labels); "
+                        "re-download it")
+    entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}  # bytes: re-pickled files
+    data, labels = entry.get("data"), entry.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{path}: 'data' must be a uint8 array (N, 3072) of 3x32x32 images, got {what}; re-download it")

@@ -1,4 +1,4 @@
-"""Image folders: one sub-folder of PNG/JPEG files per class, decoded once with torchvision.io and cached.
+"""Image folders: one sub-folder of PNG/JPEG files per class, decoded once (torchcodec or torchvision.io) and cached.
 
 The first run decodes every file (converted to ``data.channels``, resized to ``data.image_size``) into one uint8
 tensor and writes it atomically to a cache file keyed by the folder, the size and every file's name, size and
@@ -7,14 +7,16 @@ mtime; later runs load that file, so they start as fast as the IDX sets.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 
@@ -53,19 +55,46 @@ def scan(folder: Path) -> tuple[list[str], list[Path], list[int]]:
     return classes, files, labels
 
 
-def decode(path: Path, channels: int) -> torch.Tensor:
-    """One PNG/JPEG file as uint8 (C,H,W), converted to ``channels`` (1: grayscale, 3: RGB)."""
+def _torchcodec(data: torch.Tensor, channels: int) -> torch.Tensor:
+    from torchcodec.decoders import decode_image
+
+    return decode_image(data, mode="GRAY" if channels == 1 else "RGB")  # uint8 output, also for 16-bit PNGs
+
+
+def _torchvision(data: torch.Tensor, channels: int) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.v2.functional import to_dtype
 
+    with warnings.catch_warnings():  # deprecated since torchvision 0.29 in favour of torchcodec: the fallback
+        warnings.simplefilter("ignore", DeprecationWarning)
+        img = decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+    return img if img.dtype == torch.uint8 else to_dtype(img, torch.uint8, scale=True)  # 16-bit PNGs
+
+
+DECODERS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {"torchcodec": _torchcodec, "torchvision": _torchvision}
+
+
+@functools.cache
+def default_decoder() -> str:
+    """torchcodec (pip install "vit_lab[images]"), which supersedes torchvision.io's decoders; else torchvision.io."""
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except (ImportError, OSError, RuntimeError):  # absent, or built for another torch
+        return "torchvision"
+    return "torchcodec"
+
+
+def decode(path: Path, channels: int, decoder: str | None = None) -> torch.Tensor:
+    """One PNG/JPEG file as uint8 (C,H,W), converted to ``channels`` (1: grayscale, 3: RGB)."""
     try:
         raw = path.read_bytes()
-        data = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
-        img = decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
-    except (OSError, RuntimeError) as e:
+        if not raw:
+            raise DataError(f"{path}: empty file; replace or remove it")
+        img = DECODERS[decoder or default_decoder()](torch.frombuffer(bytearray(raw), dtype=torch.uint8), channels)
+    except (OSError, RuntimeError, ValueError) as e:
         why = re.sub(r"^[\w()]+, \S+\.cpp:\d+, ", "", one_line(getattr(e, "strerror", None) or e))  # drop the C++ location
         raise DataError(f"{path}: cannot decode the image ({why}); replace or remove the file") from None
-    return img if img.dtype == torch.uint8 else to_dtype(img, torch.uint8, scale=True)  # 16-bit PNGs
+    return img
 
 
 @dataclass(kw_only=True)
@@ -129,24 +158,26 @@ class ImageFolderDataset(InMemoryDataset):
         """A folder's classes, uint8 images and labels: from the cache when its key matches, else decoded."""
         classes, files, labels = scan(folder)
         y = torch.tensor(labels, dtype=torch.int64)
-        key = self._fingerprint(files)
+        decoder = default_decoder()
+        key = self._fingerprint(files, decoder)
         path = self._cache_file(folder) if self.cache else None
         x = self._load_cache(path, key, len(files)) if path else None
         if x is None:
-            log.info("decoding %d images in %s%s", len(files), folder, f" (once: cached in {path})" if path else "")
-            x = self._decode(files)
+            log.info("decoding %d images in %s with %s%s", len(files), folder, decoder,
+                     f" (once: cached in {path})" if path else "")
+            x = self._decode(files, decoder)
             if path:
                 self._save_cache(path, key, x)
         return classes, x, y
 
-    def _decode(self, files: list[Path]) -> torch.Tensor:
+    def _decode(self, files: list[Path], decoder: str) -> torch.Tensor:
         from torchvision.transforms.v2.functional import resize
 
         c, h, w = self.chw
         out = torch.empty((len(files), c, h, w), dtype=torch.uint8)
         fits = None  # the first file already of data.image_size, quoted when sizes are mixed
         for i, path in enumerate(files):  # I/O: once per file, at cache-build time only
-            img = decode(path, c)
+            img = decode(path, c, decoder)
             if tuple(img.shape[1:]) != (h, w):
                 if not self.resize:
                     raise self._size_error(path, tuple(img.shape[1:]), fits)
@@ -165,9 +196,9 @@ class ImageFolderDataset(InMemoryDataset):
                          f"set data.resize=true to resize every image to data.image_size={size}")
 
     # ---- the cache
-    def _fingerprint(self, files: list[Path]) -> str:
+    def _fingerprint(self, files: list[Path], decoder: str) -> str:
         """Changes when any file is added, removed, renamed or rewritten, or the decoding settings change."""
-        h = hashlib.sha256(json.dumps([CACHE_VERSION, self.chw, self.resize]).encode())
+        h = hashlib.sha256(json.dumps([CACHE_VERSION, self.chw, self.resize, decoder]).encode())
         try:
             for p in files:
                 st = p.stat()
