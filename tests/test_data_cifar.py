@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CONF, run_train
 from data_files import CIFAR_TRAIN, cifar_batch, one_line_error, write_cifar
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF, run_train
 from vit_lab.config import build
 from vit_lab.data import CIFAR10Dataset
 from vit_lab.errors import ConfigError, DataError

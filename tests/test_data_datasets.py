@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONF
 from data_files import MNIST_FILES, N_TRAIN, C, H, W, one_line_error, sample_ids, synth_idx
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF
 from vit_lab.config import build
 from vit_lab.data import DATA_ENV, Arrays, Dataset, IDXDataset, ImageData, InMemoryDataset, pin_data_env
 from vit_lab.errors import ConfigError, DataError

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_files import C, H, K, MNIST_FILES, N_TRAIN, W, idx_bytes, one_line_error, synth_idx, write_idx
-from hypothesis import given, settings, strategies as st
+from data_files import MNIST_FILES, N_TRAIN, C, H, K, W, idx_bytes, one_line_error, synth_idx, write_idx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vit_lab.config import build
 from vit_lab.data import IDXDataset, ImageData, file_md5, read_idx
 from vit_lab.errors import ConfigError, DataError
-
 
 # ------------------------------------------------------------------------------------------------ read_idx
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_train
 from data_files import one_line_error, write_image, write_image_folder
 
-from conftest import run_train
 from vit_lab.data import ImageFolderDataset
 from vit_lab.data.image_folder import DECODERS, decode
 from vit_lab.errors import ConfigError, DataError

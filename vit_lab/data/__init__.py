@@ -18,5 +18,19 @@ from .datasets import DATA_ENV, Arrays, Dataset, ImageData, InMemoryDataset, pin
 from .idx import FILE_KEYS, IDXDataset, file_md5, read_idx
 from .image_folder import ImageFolderDataset
 
-__all__ = ["Augment", "Arrays", "Batches", "CIFAR10Dataset", "DATA_ENV", "Dataset", "FILE_KEYS", "IDXDataset",
-           "ImageData", "ImageFolderDataset", "InMemoryDataset", "file_md5", "pin_data_env", "read_idx"]
+__all__ = [
+           "DATA_ENV",
+           "FILE_KEYS",
+           "Arrays",
+           "Augment",
+           "Batches",
+           "CIFAR10Dataset",
+           "Dataset",
+           "IDXDataset",
+           "ImageData",
+           "ImageFolderDataset",
+           "InMemoryDataset",
+           "file_md5",
+           "pin_data_env",
+           "read_idx",
+]

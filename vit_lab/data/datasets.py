@@ -8,9 +8,10 @@ To add a format, subclass :class:`InMemoryDataset`, implement :meth:`~InMemoryDa
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol, Sequence, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
