@@ -166,6 +166,7 @@ def test_shape_must_match_config(synth, tmp_path):
     ({"files": {"train_images": "x"}}, "data.files="),
     ({"md5": {"train_images": "xyz"}}, "data.md5.train_images='xyz'"),
     ({"download": "CIFAR10"}, "data.download='CIFAR10'"),
+    ({"download": "KMNIST"}, "data.download='KMNIST' must be null or one of MNIST, FashionMNIST"),  # no config: dropped
 ])
 def test_validate_names_the_key(synth, over, fragment):
     cfg, _, _ = synth
