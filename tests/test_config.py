@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF
 from vit_lab.config import build
-from vit_lab.data import IDXDataset
+from vit_lab.data import Dataset
 from vit_lab.errors import ConfigError, ShapeError
 from vit_lab.train import validate_config
 
@@ -37,7 +37,7 @@ def test_every_option_composes_and_validates(group, option):
     cfg = compose_cfg(f"{group}={option}")
     OmegaConf.resolve(cfg)
     spec = validate_config(cfg)
-    assert isinstance(spec, IDXDataset)
+    assert isinstance(spec, Dataset)
     model = build(cfg.model, chw=spec.chw, out_d=spec.num_classes)
     assert model(torch.zeros(2, *spec.chw)).shape == (2, spec.num_classes)
     params = [torch.nn.Parameter(torch.zeros(2, 2))]
