@@ -64,7 +64,7 @@ class Cluster:
             log = (self.root / "server.log").read_text() if (self.root / "server.log").exists() else ""
             raise RuntimeError(f"{args[0]} failed: {proc.stdout}{proc.stderr}{log[-2000:]}")
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
         options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100")

@@ -16,7 +16,7 @@ import optuna
 import pytest
 
 from tests.conftest import REPO, run_module
-from tests.postgres import free_port, postgres, postgres_url  # noqa: F401 - fixtures
+from tests.postgres import free_port
 from vit_lab import storages
 from vit_lab.errors import ConfigError
 
@@ -54,13 +54,16 @@ def test_a_missing_driver_is_one_line_and_exit_2(tmp_path):
     assert lines[0].startswith("vit_lab: error: hydra.sweeper.storage=mysql://u:***@db/x") and "pymysql" in lines[0]
 
 
-def _urls(tmp_path: Path, pg: str) -> dict[str, str]:
-    return {"sqlite": f"sqlite:///{tmp_path}/o.db", "journal": f"journal:///{tmp_path}/o.log", "postgres": pg}
+def url_of(kind: str, tmp_path: Path, request) -> str:
+    """A fresh storage of this kind (PostgreSQL: a new database on the session's throwaway server)."""
+    if kind == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return {"sqlite": f"sqlite:///{tmp_path}/o.db", "journal": f"journal:///{tmp_path}/o.log"}[kind]
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal", "postgres"])
-def test_the_storage_lock_excludes_other_holders(kind, tmp_path, postgres_url):  # noqa: F811
-    url = storages.resolve_url(_urls(tmp_path, postgres_url)[kind])
+def test_the_storage_lock_excludes_other_holders(kind, tmp_path, request):
+    url = storages.resolve_url(url_of(kind, tmp_path, request))
     order: list[str] = []
 
     def other() -> None:
@@ -80,12 +83,12 @@ def test_the_storage_lock_excludes_other_holders(kind, tmp_path, postgres_url): 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the sweeper asks and tells: the heartbeat is its own
 @pytest.mark.parametrize("kind", ["journal", "postgres"])  # SQLite takes PostgreSQL's path (RDBStorage)
-def test_stale_running_trials_fail_but_live_ones_stay(kind, tmp_path, postgres_url):  # noqa: F811
+def test_stale_running_trials_fail_but_live_ones_stay(kind, tmp_path, request):
     """A killed worker leaves RUNNING trials; another worker fails those whose heartbeat is stale, not live ones
     (RDB: Optuna's own heartbeat; journal: the sweeper's)."""
     from hydra_plugins.vit_lab_sweeper.vit_optuna_sweeper import _Heartbeat
 
-    url = storages.resolve_url(_urls(tmp_path, postgres_url)[kind])
+    url = storages.resolve_url(url_of(kind, tmp_path, request))
     dead_storage, live_storage = (storages.open_storage(url, heartbeat_interval=1, grace_period=1) for _ in "ab")
     dead_study = optuna.create_study(study_name="s", storage=dead_storage)
     live_study = optuna.load_study(study_name="s", storage=live_storage)
@@ -111,8 +114,8 @@ def _toy_sweep(tmp_path: Path, url: str, *extra: str) -> subprocess.CompletedPro
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "journal", "postgres"])
-def test_optuna_dashboard_reads_the_sweeps_study(kind, tmp_path, postgres_url):  # noqa: F811
-    url = _urls(tmp_path, postgres_url)[kind]
+def test_optuna_dashboard_reads_the_sweeps_study(kind, tmp_path, request):
+    url = url_of(kind, tmp_path, request)
     proc = _toy_sweep(tmp_path, url)
     assert proc.returncode == 0, proc.stderr[-3000:]
     target = storages.dashboard_target(url)

@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 
-@hydra.main(version_base=None, config_path="toy_conf", config_name="sphere")
+@hydra.main(config_path="toy_conf", config_name="sphere")
 def main(cfg: DictConfig) -> float | tuple[float, float]:
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     if cfg.get("error"):

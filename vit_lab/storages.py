@@ -17,8 +17,9 @@ import fcntl
 import hashlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from vit_lab.errors import ConfigError
 
@@ -77,7 +78,8 @@ def _with_driver(url: str) -> str:
     if parsed.drivername == "postgresql" and _importable("psycopg") and not _importable("psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")  # the driver the postgres extra installs
     try:
-        parsed.get_dialect().import_dbapi()
+        dialect = parsed.get_dialect()
+        (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()  # imports the driver (SQLAlchemy 2 / 1.4)
     except (ImportError, NoSuchModuleError) as e:
         ours = parsed.drivername in ("postgresql", "postgresql+psycopg", "mysql", "mysql+pymysql")
         fix = _EXTRAS[backend] if ours else f"install the Python driver of {parsed.drivername}"

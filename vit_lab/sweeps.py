@@ -53,6 +53,8 @@ def current_trial() -> Any:
               else optuna.pruners.NopPruner())
     study = optuna.load_study(study_name=spec["study"], storage=storage, pruner=pruner,
                               sampler=optuna.samplers.RandomSampler())
+    # Optuna offers no public way to reopen a running trial in another process; its storage interface maps the
+    # number to an id (pyproject.toml pins optuna to the tested range)
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(spec["study"]),
                                                                spec["trial"])
     return optuna.trial.Trial(study, trial_id)
@@ -82,7 +84,7 @@ class OptunaTrialCallback:
         if self.trial is not None and len(self.trial.study.directions) > 1:
             self.trial = None
 
-    def on_run_start(self, cfg: Any, run_dir: Any = None, resumed: bool = False) -> None:  # noqa: ARG002
+    def on_run_start(self, cfg: Any, run_dir: Any = None, resumed: bool = False) -> None:
         if self.last_epoch is None:
             from omegaconf import OmegaConf
 

@@ -23,8 +23,9 @@ import math
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
@@ -32,12 +33,13 @@ from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # The official plugin's parser of `hydra.sweeper.params` lives in its private `_impl` module: pyproject.toml pins
 # hydra-optuna-sweeper to the tested range for this one import.
 from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-from hydra_plugins.vit_lab_sweeper import config as config  # noqa: F401 - registers hydra/sweeper=vit_optuna
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from hydra_plugins.vit_lab_sweeper import config as config  # registers hydra/sweeper=vit_optuna
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,10 @@ class Outcome(NamedTuple):
 class _Heartbeat:
     """Beats the trials this process runs, every `interval` seconds: Optuna's own heartbeat on an RDBStorage, a trial
     system attribute on other persistent storages (a journal has no native heartbeat). `fail_stale` marks FAIL the
-    study's RUNNING trials whose heartbeat is older than `grace` (their worker died)."""
+    study's RUNNING trials whose heartbeat is older than `grace` (their worker died).
+
+    Optuna beats only inside `Study.optimize`, so this calls its storage interface (trial ids, record_heartbeat,
+    system attributes) itself; pyproject.toml pins optuna to the tested range for it."""
 
     def __init__(self, storage: Any, study: Any, interval: int | None, grace: int | None) -> None:
         import optuna
@@ -120,9 +125,9 @@ class _Heartbeat:
         now, failed = time.time(), []
         for number, t in before.items():
             beat = t.system_attrs.get(BEAT)
-            if beat is not None and now - beat > self.grace and number not in self.ids:
-                if _tell(self.study, number, optuna.trial.TrialState.FAIL, None):
-                    failed.append(number)
+            stale = beat is not None and now - beat > self.grace and number not in self.ids
+            if stale and _tell(self.study, number, optuna.trial.TrialState.FAIL, None):
+                failed.append(number)
         return failed
 
     def close(self) -> None:
@@ -194,8 +199,8 @@ class VitOptunaSweeper(Sweeper):
         from vit_lab import storages
         from vit_lab.errors import ConfigError
 
-        storage = storages.open_storage(self.url, self.heartbeat_interval, self.grace_period)
-        with storages.storage_lock(self.url, self.study_name or ""):
+        with storages.storage_lock(self.url, self.study_name or ""):  # also the first worker's table creation
+            storage = storages.open_storage(self.url, self.heartbeat_interval, self.grace_period)
             study = optuna.create_study(study_name=self.study_name, storage=storage, directions=self.directions,
                                         load_if_exists=True)
             session = study.user_attrs.get(SESSIONS, 0)
@@ -440,8 +445,10 @@ def _grid_choices(dist: Any) -> list:
     if isinstance(dist, D.IntDistribution):
         return list(range(dist.low, dist.high + 1, dist.step))
     if isinstance(dist, D.FloatDistribution) and dist.step is not None:
-        n = int(round((dist.high - dist.low) / dist.step))
-        return [dist.low + i * dist.step for i in range(n + 1)]
+        from hydra.core.override_parser.types import FloatRange
+
+        choices = list(FloatRange(dist.low, dist.high, dist.step))  # Hydra's own float range: no drift
+        return choices if choices and choices[-1] == dist.high else [*choices, dist.high]
     raise ValueError("GridSampler only supports discrete distributions (choice or range with a step)")
 
 
