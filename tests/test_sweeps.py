@@ -224,6 +224,7 @@ def test_joblib_divides_threads_and_two_sweep_processes_share_one_study(tmp_path
     for t in study.trials:
         overrides = yaml.safe_load((Path(t.user_attrs["run_dir"]) / ".hydra" / "overrides.yaml").read_text())
         assert f"device.threads={sweeps.threads_per_job(2)}" in overrides
+        assert list(t.intermediate_values) == [1]  # each joblib job reported to its own trial
 
     # the user's command, twice at once, from one working directory: the preset's own storage
     # (sqlite:///outputs/optuna.db) and sweep folders (unique to the microsecond), here under tmp_path
@@ -252,6 +253,7 @@ def test_submitit_local_sweep_completes(tmp_path):
     study = load(tmp_path)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
     assert metrics(study.trials[0].user_attrs["run_dir"])["status"] == "completed"
+    assert list(study.trials[0].intermediate_values) == [1]  # the submitit job reported to its trial
     assert (tmp_path / "sub" / ".submitit").is_dir()
 
 
