@@ -24,6 +24,7 @@ from vit_lab.errors import RunStopped
 RUN_DIR, STATUS, REASON, TEST_ACC = "run_dir", "status", "reason", "test_acc"
 TRIAL_ENV = "VIT_OPTUNA_TRIAL"  # {"storage", "study", "trial" (number), "pruner" (an instantiable config or null)}
 PRUNERS = ("optuna.pruners.*",)
+_STORAGES: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------- job side
@@ -48,7 +49,9 @@ def current_trial() -> Any:
     from vit_lab import storages
 
     spec = json.loads(raw)
-    storage = storages.open_storage(spec["storage"])
+    if spec["storage"] not in _STORAGES:  # one per process: a worker runs many jobs, each opening its trial
+        _STORAGES[spec["storage"]] = storages.open_storage(spec["storage"])
+    storage = _STORAGES[spec["storage"]]
     pruner = (instantiate(spec["pruner"], _execution_whitelist_=PRUNERS) if spec.get("pruner")
               else optuna.pruners.NopPruner())
     study = optuna.load_study(study_name=spec["study"], storage=storage, pruner=pruner,
