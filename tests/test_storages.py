@@ -86,13 +86,13 @@ def test_the_storage_lock_excludes_other_holders(kind, tmp_path, request):
 def test_stale_running_trials_fail_but_live_ones_stay(kind, tmp_path, request):
     """A killed worker leaves RUNNING trials; another worker fails those whose heartbeat is stale, not live ones
     (RDB: Optuna's own heartbeat; journal: the sweeper's)."""
-    from hydra_plugins.vit_lab_sweeper.vit_optuna_sweeper import _Heartbeat
+    from hydra_plugins.vit_lab_sweeper.heartbeat import Heartbeat
 
     url = storages.resolve_url(url_of(kind, tmp_path, request))
     dead_storage, live_storage = (storages.open_storage(url, heartbeat_interval=1, grace_period=1) for _ in "ab")
     dead_study = optuna.create_study(study_name="s", storage=dead_storage)
     live_study = optuna.load_study(study_name="s", storage=live_storage)
-    dead, live = _Heartbeat(dead_storage, dead_study, 1, 1), _Heartbeat(live_storage, live_study, 1, 1)
+    dead, live = Heartbeat(dead_storage, dead_study, 1, 1), Heartbeat(live_storage, live_study, 1, 1)
     stale = dead_study.ask()
     dead.add(stale.number)
     dead.close()  # the killed worker: no more beats

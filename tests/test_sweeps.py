@@ -261,7 +261,7 @@ def test_each_job_outcome_is_told_as_complete_pruned_or_fail():
     """What the sweeper tells Optuna for every kind of job, and which failures count against max_failure_rate."""
     from hydra.core.utils import JobReturn, JobStatus
 
-    from hydra_plugins.vit_lab_sweeper.vit_optuna_sweeper import outcome
+    from hydra_plugins.vit_lab_sweeper.outcomes import outcome
 
     S = optuna.trial.TrialState
 

@@ -20,12 +20,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import threading
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
@@ -33,105 +31,24 @@ from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # The official plugin's parser of `hydra.sweeper.params` lives in its private `_impl` module: pyproject.toml pins
 # hydra-optuna-sweeper to the tested range for this one import.
 from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-from omegaconf import DictConfig, ListConfig, OmegaConf
-
 from hydra_plugins.vit_lab_sweeper import config as config  # registers hydra/sweeper=vit_optuna
+from hydra_plugins.vit_lab_sweeper.heartbeat import Heartbeat
+from hydra_plugins.vit_lab_sweeper.outcomes import Outcome, outcome, read_metrics, run_dir_of, tell, write_metrics
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
 SESSIONS = "vit_lab_sweep_sessions"  # study user attribute: how many sweep processes have joined the study
-BEAT = "vit_lab:heartbeat"  # trial system attribute: the last heartbeat (unix time) on storages without a native one
 _ABSENT = object()
 
 
 class SweepFailed(HydraException):
     """The sweep stopped: too many failed trials in a batch, or none of its trials finished."""
-
-
-class Outcome(NamedTuple):
-    state: Any  # optuna.trial.TrialState
-    values: list[float] | None
-    reason: str | None
-    counts: bool  # counts against max_failure_rate
-
-
-class _Heartbeat:
-    """Beats the trials this process runs, every `interval` seconds: Optuna's own heartbeat on an RDBStorage, a trial
-    system attribute on other persistent storages (a journal has no native heartbeat). `fail_stale` marks FAIL the
-    study's RUNNING trials whose heartbeat is older than `grace` (their worker died).
-
-    Optuna beats only inside `Study.optimize`, so this calls its storage interface (trial ids, record_heartbeat,
-    system attributes) itself; pyproject.toml pins optuna to the tested range for it."""
-
-    def __init__(self, storage: Any, study: Any, interval: int | None, grace: int | None) -> None:
-        import optuna
-
-        self.storage, self.study, self.interval = storage, study, interval
-        self.grace = grace or 2 * (interval or 0)
-        self.native = isinstance(storage, optuna.storages.RDBStorage)
-        self.enabled = bool(interval) and not isinstance(storage, optuna.storages.InMemoryStorage)
-        self.study_id = storage.get_study_id_from_name(study.study_name)
-        self.ids: dict[int, int] = {}  # trial number -> trial id
-        self.lock, self.stop = threading.Lock(), threading.Event()
-        if self.enabled:
-            threading.Thread(target=self._run, name="vit_optuna-heartbeat", daemon=True).start()
-
-    def add(self, number: int) -> None:
-        if self.enabled:
-            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
-            with self.lock:
-                self.ids[number] = trial_id
-            self._beat([trial_id])
-
-    def done(self, number: int) -> None:
-        with self.lock:
-            self.ids.pop(number, None)
-
-    def _beat(self, ids: list[int]) -> None:
-        for trial_id in ids:
-            try:
-                if self.native:
-                    self.storage.record_heartbeat(trial_id)
-                else:
-                    self.storage.set_trial_system_attr(trial_id, BEAT, time.time())
-            except Exception as e:  # noqa: BLE001 - a missed beat must not kill the sweep
-                log.debug("heartbeat of trial id %s failed: %s", trial_id, e)
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.interval):
-            with self.lock:
-                ids = list(self.ids.values())
-            self._beat(ids)
-
-    def fail_stale(self) -> list[int]:
-        """FAIL the study's RUNNING trials with a stale heartbeat; returns their numbers."""
-        import optuna
-
-        if not self.enabled:
-            return []
-        running = optuna.trial.TrialState.RUNNING
-        before = {t.number: t for t in self.study.get_trials(deepcopy=False, states=(running,))}
-        if self.native:
-            with warnings.catch_warnings():  # "experimental" since Optuna 2.9
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(self.study)
-            after = {t.number for t in self.study.get_trials(deepcopy=False, states=(running,))}
-            return sorted(set(before) - after)
-        now, failed = time.time(), []
-        for number, t in before.items():
-            beat = t.system_attrs.get(BEAT)
-            stale = beat is not None and now - beat > self.grace and number not in self.ids
-            if stale and _tell(self.study, number, optuna.trial.TrialState.FAIL, None):
-                failed.append(number)
-        return failed
-
-    def close(self) -> None:
-        self.stop.set()
 
 
 class VitOptunaSweeper(Sweeper):
@@ -176,7 +93,7 @@ class VitOptunaSweeper(Sweeper):
             self.pruner = None
         elif self.url is None and self.pruner:
             log.info("vit_optuna: no hydra.sweeper.storage, so jobs cannot report to the study: pruning is off")
-        heartbeat = _Heartbeat(storage, study, self.heartbeat_interval, self.grace_period)
+        heartbeat = Heartbeat(storage, study, self.heartbeat_interval, self.grace_period)
         log.info("vit_optuna: study %r in %s (session %d, %d trials so far, %s)%s", study.study_name,
                  storages.safe(self.url) if self.url else "memory", session, len(study.trials),
                  type(study.sampler).__name__, f"; watch it: optuna-dashboard {storages.dashboard_target(self.url)}"
@@ -203,12 +120,12 @@ class VitOptunaSweeper(Sweeper):
             storage = storages.open_storage(self.url, self.heartbeat_interval, self.grace_period)
             study = optuna.create_study(study_name=self.study_name, storage=storage, directions=self.directions,
                                         load_if_exists=True)
+            found = [d.name.lower() for d in study.directions]
+            if found != self.directions:
+                raise ConfigError(f"hydra.sweeper.direction={self.directions} does not match study "
+                                  f"{study.study_name!r}, created with {found}; use another hydra.sweeper.study_name")
             session = study.user_attrs.get(SESSIONS, 0)
             study.set_user_attr(SESSIONS, session + 1)
-        found = [d.name.lower() for d in study.directions]
-        if found != self.directions:
-            raise ConfigError(f"hydra.sweeper.direction={self.directions} does not match study {study.study_name!r}, "
-                              f"created with {found}; use another hydra.sweeper.study_name")
         sampler = self._sampler(space, session)
         study = optuna.load_study(study_name=study.study_name, storage=storage, sampler=sampler,
                                   pruner=optuna.pruners.NopPruner())  # the jobs prune, with the configured pruner
@@ -236,7 +153,7 @@ class VitOptunaSweeper(Sweeper):
 
     # ------------------------------------------------------------------ the loop
 
-    def _run(self, study: Any, heartbeat: _Heartbeat, space: dict, fixed: dict, fixed_overrides: list) -> list[int]:
+    def _run(self, study: Any, heartbeat: Heartbeat, space: dict, fixed: dict, fixed_overrides: list) -> list[int]:
         """Ask, launch, tell, batch after batch; returns the numbers of the trials this sweep ran."""
         ran: list[int] = []
         left = self.n_trials
@@ -255,7 +172,7 @@ class VitOptunaSweeper(Sweeper):
             left -= len(trials)
         return ran
 
-    def _ask(self, study: Any, heartbeat: _Heartbeat, space: dict, fixed: dict, batch: int) -> list[Any]:
+    def _ask(self, study: Any, heartbeat: Heartbeat, space: dict, fixed: dict, batch: int) -> list[Any]:
         import optuna
 
         from vit_lab import storages
@@ -313,11 +230,11 @@ class VitOptunaSweeper(Sweeper):
 
         from vit_lab import sweeps
 
-        run_dir = _run_dir(ret)
-        metrics = _read_metrics(run_dir)
+        run_dir = run_dir_of(ret)
+        metrics = read_metrics(run_dir)
         out = outcome(ret, metrics, len(self.directions))
         if ret.status == JobStatus.FAILED and metrics.get("status") == "running":  # a vit_lab job that crashed
-            _write_metrics(run_dir, {**metrics, "status": "failed", "reason": out.reason})
+            write_metrics(run_dir, {**metrics, "status": "failed", "reason": out.reason})
         status = {optuna.trial.TrialState.PRUNED: "pruned", optuna.trial.TrialState.FAIL: "failed"}.get(
             out.state, metrics.get("status") or "completed")
         attrs = {sweeps.RUN_DIR: run_dir, sweeps.STATUS: status, sweeps.REASON: out.reason,
@@ -329,7 +246,7 @@ class VitOptunaSweeper(Sweeper):
         except optuna.exceptions.UpdateFinishedTrialError:  # e.g. failed as stale by another worker: keep it
             log.warning("vit_optuna: trial %d was already finished in the study; keeping that", trial.number)
             return out
-        _tell(study, trial.number, out.state, out.values)
+        tell(study, trial.number, out.state, out.values)
         if status in ("pruned", "failed"):
             log.info("vit_optuna: trial %d %s: %s", trial.number, status, out.reason)
         return out
@@ -380,52 +297,6 @@ class VitOptunaSweeper(Sweeper):
 # --------------------------------------------------------------------------- helpers
 
 
-def outcome(ret: JobReturn, metrics: dict, n_objectives: int) -> Outcome:
-    """What to tell Optuna for one job: its return value(s), or PRUNED/FAIL from its exception or metrics.json."""
-    import optuna
-
-    S = optuna.trial.TrialState
-    reason = metrics.get("reason")
-    if ret.status == JobStatus.FAILED:
-        try:
-            ret.return_value  # noqa: B018 - raises the job's exception (the public way to read it)
-            error: BaseException | None = None
-        except Exception as e:  # noqa: BLE001
-            error = e
-        if isinstance(error, optuna.TrialPruned):
-            return Outcome(S.PRUNED, None, str(error) or "pruned by the task", False)
-        return Outcome(S.FAIL, None, f"{type(error).__name__}: {error}", True)
-    if metrics.get("status") == "pruned":
-        return Outcome(S.PRUNED, None, reason, False)
-    if metrics.get("status") == "failed":
-        return Outcome(S.FAIL, None, reason or "the job failed", True)
-    value = ret.return_value
-    try:
-        values = [float(v) for v in value] if n_objectives > 1 else [float(value)]
-    except (TypeError, ValueError):
-        kind = f"a list of {n_objectives} numbers" if n_objectives > 1 else "a number"
-        return Outcome(S.FAIL, None, f"the job returned {value!r}, not {kind}", True)
-    if len(values) != n_objectives:
-        return Outcome(S.FAIL, None, f"the job returned {len(values)} values for {n_objectives} objectives", True)
-    if any(math.isnan(v) for v in values):  # Optuna stores no NaN; upstream records FAIL and goes on
-        return Outcome(S.FAIL, None, f"the job returned {value!r}", False)
-    return Outcome(S.COMPLETE, values, None, False)
-
-
-def _tell(study: Any, number: int, state: Any, values: list[float] | None) -> bool:
-    """study.tell that leaves alone a trial someone else already finished; False if it did."""
-    import optuna
-
-    try:
-        study.tell(number, values, state=state, skip_if_finished=True)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
-    except RuntimeError as e:  # GridSampler calls study.stop() when the grid is exhausted: the trial is stored
-        if "Study.stop" not in str(e):
-            raise
-    return True
-
-
 def _directions(direction: Any) -> list[str]:
     from vit_lab.errors import ConfigError
 
@@ -450,30 +321,6 @@ def _grid_choices(dist: Any) -> list:
         choices = list(FloatRange(dist.low, dist.high, dist.step))  # Hydra's own float range: no drift
         return choices if choices and choices[-1] == dist.high else [*choices, dist.high]
     raise ValueError("GridSampler only supports discrete distributions (choice or range with a step)")
-
-
-def _run_dir(ret: JobReturn) -> str | None:
-    run_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg is not None else None
-    return str(run_dir or ret.working_dir) if (run_dir or ret.working_dir) else None
-
-
-def _read_metrics(run_dir: str | None) -> dict:
-    from vit_lab.io import read_json
-
-    path = Path(run_dir) / "metrics.json" if run_dir else None
-    try:
-        return read_json(path) if path is not None and path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_metrics(run_dir: str | None, metrics: dict) -> None:
-    from vit_lab.io import write_json
-
-    try:
-        write_json(Path(str(run_dir)) / "metrics.json", metrics)
-    except OSError:
-        pass
 
 
 def _log_summary(study: Any, info: dict, path: Path) -> None:
