@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.postgres import postgres, postgres_url  # noqa: F401 - a throwaway PostgreSQL server, shared by the session
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 

@@ -197,3 +197,16 @@ def test_gpu_session_script_on_the_cpu(tmp_path):
     bad = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=REPO, env={**env2, "TRAIN": "best_cifar"},
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown run 'best_cifar'" in bad.stdout
+
+
+@pytest.mark.slow
+def test_sweep_throughput_runs_each_mode_on_a_micro_budget():
+    from benchmarks import sweep_throughput
+
+    result = sweep_throughput.main(["--micro", "--trials", "2", "--no-save"])
+    assert [r["mode"] for r in result["runs"]] == ["single", "workers", "joblib"]
+    for r in result["runs"]:
+        assert r["returncodes"] == [0] * r["workers"] and sum(r["trials"].values()) == 2
+        assert 0 < r["busy_share"] <= 1 and r["trials_per_hour"] > 0
+        assert (r["batch_wait_share"] > 0) == (r["mode"] == "joblib")  # only batches make a slot wait
+    assert [r["workers"] for r in result["runs"]] == [1, 2, 1]

@@ -1,85 +1,66 @@
-"""Optuna sweeps: the job-side trial reporter and the helpers the `vit_optuna` sweeper shares with it.
+"""Optuna sweeps: the job side of a trial, and the helpers the `vit_optuna` sweeper shares with it.
 
-The sweeper (``hydra_plugins/vit_lab_sweeper``) runs the official ``hydra-optuna-sweeper`` loop and gives every
-job one extra override, ``callbacks.optuna_trial``, that builds :class:`OptunaTrialCallback` here. After every
-epoch the callback reports validation accuracy to the study (Optuna's intermediate values) and asks the pruner;
-a pruned trial raises ``TrialPruned`` (status "pruned"), which ``vit_lab.train`` records in ``metrics.json``. The
-sweeper reads that status back and tells Optuna PRUNED.
+The sweeper (``hydra_plugins/vit_lab_sweeper``) asks Optuna for a trial and launches a job with its parameters; it
+hands the job its trial through one environment variable (``VIT_OPTUNA_TRIAL``, set with ``hydra.job.env_set``), so
+the task's own config is never touched. In the job, :func:`current_trial` returns that trial (any task may report
+intermediate values and raise ``optuna.TrialPruned``), and :class:`OptunaTrialCallback` (``callbacks.optuna_trial``
+of the ``vit_optuna`` preset) reports validation accuracy after each epoch and stops a trial the pruner rejects,
+which ``vit_lab.train`` records as ``status: pruned`` in metrics.json. The sweeper tells Optuna PRUNED.
 
 This module imports neither torch nor ``vit_lab.train`` at import time: the sweeper process imports it too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import json
 import math
 import os
-from pathlib import Path
-from typing import Any, Iterator
+import re
+from typing import Any
 
 from vit_lab.errors import RunStopped
 
 # Sweeper-written keys of a trial's user attributes (visible in optuna-dashboard).
 RUN_DIR, STATUS, REASON, TEST_ACC = "run_dir", "status", "reason", "test_acc"
-
-
-# --------------------------------------------------------------------------- storage
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URL (None for other URLs and in-memory SQLite)."""
-    if not url.startswith("sqlite:"):
-        return None
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database
-    return Path(database) if database and database != ":memory:" else None
-
-
-def absolute_storage_url(url: str | None, cwd: str | os.PathLike | None = None) -> str | None:
-    """Pin a relative SQLite path to ``cwd`` (so jobs that change directory or run elsewhere find the same file)
-    and create its folder (SQLite does not). Other SQLAlchemy URLs are returned unchanged."""
-    if url is None:
-        return None
-    file = sqlite_file(url)
-    if file is None:
-        return url
-    if not file.is_absolute():
-        file = Path(cwd or os.getcwd()) / file
-    file.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{file}"
-
-
-def engine_kwargs(url: str) -> dict[str, Any]:
-    """SQLite: wait up to a minute for a lock instead of failing with 'database is locked' (parallel jobs)."""
-    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
-
-
-def open_storage(url: str, **kwargs: Any) -> Any:
-    """An RDBStorage of its own for this process (each process opens its own connections)."""
-    import optuna
-
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **kwargs)
-
-
-@contextlib.contextmanager
-def storage_lock(url: str | None) -> Iterator[None]:
-    """Serialise study creation between sweep processes that share one SQLite file (a no-op for servers,
-    whose own transactions handle it)."""
-    file = sqlite_file(url) if url else None
-    if file is None:
-        yield
-        return
-    with open(f"{file}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+TRIAL_ENV = "VIT_OPTUNA_TRIAL"  # {"storage", "study", "trial" (number), "pruner" (an instantiable config or null)}
+PRUNERS = ("optuna.pruners.*",)
+_STORAGES: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------- job side
+
+
+def trial_env_override(storage: str, study_name: str, number: int, pruner: dict | None) -> str:
+    """The Hydra override that gives one job its trial (a Hydra setting: the task config stays as it is)."""
+    spec = json.dumps({"storage": storage, "study": study_name, "trial": number, "pruner": pruner})
+    spec = spec.replace("$", "\\u0024")  # never an interpolation for OmegaConf; JSON reads it back as "$"
+    return f"++hydra.job.env_set.{TRIAL_ENV}={quote(spec)}"
+
+
+def current_trial() -> Any:
+    """This job's Optuna trial (``optuna.trial.Trial``, with the sweep's pruner), or None outside a sweep of the
+    ``vit_optuna`` sweeper or when its study is in memory."""
+    raw = os.environ.get(TRIAL_ENV)
+    if not raw:
+        return None
+    import optuna
+    from hydra.utils import instantiate
+
+    from vit_lab import storages
+
+    spec = json.loads(raw)
+    if spec["storage"] not in _STORAGES:  # one per process: a worker runs many jobs, each opening its trial
+        _STORAGES[spec["storage"]] = storages.open_storage(spec["storage"])
+    storage = _STORAGES[spec["storage"]]
+    pruner = (instantiate(spec["pruner"], _execution_whitelist_=PRUNERS) if spec.get("pruner")
+              else optuna.pruners.NopPruner())
+    study = optuna.load_study(study_name=spec["study"], storage=storage, pruner=pruner,
+                              sampler=optuna.samplers.RandomSampler())
+    # Optuna offers no public way to reopen a running trial in another process; its storage interface maps the
+    # number to an id (pyproject.toml pins optuna to the tested range)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(spec["study"]),
+                                                               spec["trial"])
+    return optuna.trial.Trial(study, trial_id)
 
 
 class TrialPruned(RunStopped):
@@ -93,55 +74,49 @@ class TrialPruned(RunStopped):
 
 
 class OptunaTrialCallback:
-    """Epoch hook of one sweep job: report ``metric`` to its Optuna trial and stop the run when the pruner says so.
+    """Epoch callback of a sweep job: report ``metric`` to the job's Optuna trial, stop the run when the pruner says so.
 
-    Built by the sweeper's extra override ``callbacks.optuna_trial``. ``pruner`` is an instantiable
-    ``optuna.pruners.*`` config (None: report only). The last epoch is never pruned: the run has finished by then.
+    A no-op outside a ``vit_optuna`` sweep, and for multi-objective studies (Optuna prunes single objectives only).
+    The last epoch is never pruned: the run has finished by then. Called as ``on_epoch_end(epoch, record)`` or as
+    ``callback(epoch, record)``.
     """
 
-    def __init__(self, storage: str, study_name: str, trial_number: int, pruner: Any = None,
-                 last_epoch: int | None = None, metric: str = "val_acc") -> None:
-        import optuna
-        from hydra.utils import instantiate
+    def __init__(self, last_epoch: int | None = None, metric: str = "val_acc", trial: Any = None) -> None:
+        self.trial = trial if trial is not None else current_trial()
+        self.last_epoch, self.metric = last_epoch, metric
+        if self.trial is not None and len(self.trial.study.directions) > 1:
+            self.trial = None
 
-        pruner_obj = (instantiate(pruner, _execution_whitelist_=("optuna.pruners.*",)) if pruner
-                      else optuna.pruners.NopPruner())
-        self.study = optuna.load_study(study_name=study_name, storage=open_storage(storage), pruner=pruner_obj,
-                                       sampler=optuna.samplers.RandomSampler())
-        trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, trial_number)
-        self.trial = optuna.trial.Trial(self.study, trial_id)
-        self.trial_number, self.last_epoch, self.metric = trial_number, last_epoch, metric
-        self.pruner_name = type(pruner_obj).__name__
+    def on_run_start(self, cfg: Any, run_dir: Any = None, resumed: bool = False) -> None:
+        if self.last_epoch is None:
+            from omegaconf import OmegaConf
 
-    def __call__(self, epoch: int, record: dict) -> None:
+            self.last_epoch = OmegaConf.select(cfg, "trainer.epochs")
+
+    def on_epoch_end(self, epoch: int, record: dict) -> None:
         value = record.get(self.metric)
-        if value is None or not math.isfinite(value):
+        if self.trial is None or value is None or not math.isfinite(value):
             return
         self.trial.report(float(value), epoch)
         if self.last_epoch is not None and epoch >= self.last_epoch:
             return
         if self.trial.should_prune():
-            raise TrialPruned(f"trial {self.trial_number} pruned by {self.pruner_name} after epoch {epoch} "
-                                       f"({self.metric} {value:.4f})")
+            raise TrialPruned(f"trial {self.trial.number} pruned by {type(self.trial.study.pruner).__name__} "
+                              f"after epoch {epoch} ({self.metric} {value:.4f})")
+
+    def on_run_end(self, metrics: dict, status: str) -> None:
+        pass
+
+    def __call__(self, epoch: int, record: dict) -> None:
+        self.on_epoch_end(epoch, record)
 
 
 # --------------------------------------------------------------------------- sweeper helpers
 
 
-def to_override_value(value: Any) -> str:
-    """Write a plain value (dicts, lists, scalars) in Hydra's override grammar."""
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{to_override_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(to_override_value(v) for v in value) + "]"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{text}'"
+def quote(text: str) -> str:
+    """``text`` as a quoted value of Hydra's override grammar (backslashes are escaped only before a quote)."""
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text) + "'"
 
 
 def threads_per_job(parallel_jobs: int, cpus: int | None = None) -> int:
@@ -159,19 +134,22 @@ def trial_counts(study: Any) -> dict[str, int]:
     return counts
 
 
+def _entry(trial: Any) -> dict[str, Any]:
+    return {"number": trial.number, "run_dir": trial.user_attrs.get(RUN_DIR), "params": dict(trial.params),
+            "test_acc": trial.user_attrs.get(TEST_ACC)}
+
+
 def summary(study: Any) -> dict[str, Any]:
-    """The sweep's short summary: the best trial's run directory, parameters and accuracies, and trial counts."""
+    """The sweep's short summary: trial counts, and the best trial (single objective: run directory, parameters,
+    objective value, test accuracy) or the Pareto front (several objectives: each trial's values)."""
     out: dict[str, Any] = {"study_name": study.study_name, "trials": trial_counts(study)}
+    if len(study.directions) > 1:
+        out["pareto_front"] = [{**_entry(t), "values": list(t.values)} for t in study.best_trials]
+        return out
     try:
         best = study.best_trial
     except ValueError:  # no completed trial yet
         out["best_trial"] = None
         return out
-    out["best_trial"] = {
-        "number": best.number,
-        "run_dir": best.user_attrs.get(RUN_DIR),
-        "params": dict(best.params),
-        "val_acc": best.value,
-        "test_acc": best.user_attrs.get(TEST_ACC),
-    }
+    out["best_trial"] = {**_entry(best), "value": best.value}
     return out

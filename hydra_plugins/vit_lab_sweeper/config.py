@@ -44,19 +44,25 @@ class NopPrunerConf:
 
 @dataclass
 class VitOptunaSweeperConf(OptunaSweeperConf):
+    """The official sweeper's settings (sampler, direction or direction list, storage, study_name, n_trials, n_jobs,
+    max_failure_rate, params, custom_search_space), plus pruning, worker bookkeeping and thread division."""
+
     _target_: str = "hydra_plugins.vit_lab_sweeper.vit_optuna_sweeper.VitOptunaSweeper"
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
 
-    # Stops unpromising trials from their per-epoch val_acc (needs a storage): hydra/sweeper/pruner=median (default),
-    # hyperband, threshold or nop (no pruning; hydra.sweeper.pruner=null works too).
+    # Stops unpromising trials from their per-epoch reports (needs a storage): hydra/sweeper/pruner=median (default),
+    # hyperband, threshold or nop (no pruning; hydra.sweeper.pruner=null works too). Multi-objective studies are
+    # never pruned (Optuna prunes single objectives only): the sweeper switches pruning off and says so.
     pruner: Any = MISSING
-    # Storage heartbeat (seconds): the sweeper heartbeats its running trials; at start it marks FAIL the RUNNING
-    # trials of this study whose heartbeat is older than grace_period (left by a killed sweep). Concurrent live
-    # sweeps keep heartbeating, so their trials are never touched.
+    # Heartbeat (seconds) of the trials this process runs; a RUNNING trial whose heartbeat is older than grace_period
+    # (its worker was killed) is marked FAIL by the next worker that asks for a trial. Live workers keep beating.
     heartbeat_interval: int = 30
     grace_period: Optional[int] = 120
+    # The study's target for independent workers: stop asking once the study holds this many COMPLETE, PRUNED or
+    # RUNNING trials (FAIL ones are replaced). null: only n_trials (per sweep process) counts.
+    total_trials: Optional[int] = None
     # Set device.threads = cores // parallel jobs for local parallel launchers (joblib, submitit_local) when the
-    # config leaves device.threads null.
+    # task config has a device.threads key left null.
     divide_threads: bool = True
 
 

@@ -1,360 +1,338 @@
-"""`hydra/sweeper=vit_optuna`: the official Optuna sweeper, extended through its public seams.
+"""`hydra/sweeper=vit_optuna`: a Hydra sweeper on Optuna's public ask-and-tell API, a drop-in for the official
+`hydra/sweeper=optuna` (same config schema and search-space syntax) with pruning and independent workers.
 
-The optimisation loop (ask a batch of `n_jobs` trials, launch them, tell the results, `max_failure_rate`,
-`optimization_results.yaml`) is the plugin's own `OptunaSweeperImpl.sweep`, unchanged. This class adds:
+Each sweep process asks Optuna for a batch of `n_jobs` trials, launches them with the configured launcher and tells
+the study each job's outcome: COMPLETE with the returned value(s), PRUNED (the job raised `optuna.TrialPruned` or
+its metrics.json says `status: pruned`), or FAIL (it raised, returned NaN or a non-number, or says `status: failed`).
+Several processes running the same command against one storage are independent workers: a pruned trial frees its
+worker at once. Around this loop:
 
-* a launcher wrapper: each job gets `callbacks.optuna_trial` (storage, study, trial number, pruner), so the job
-  reports val_acc per epoch and prunes itself; after the batch it reads each job's `metrics.json` and records
-  the run directory, status, reason and test accuracy as trial user attributes;
-* a storage subclass that turns the sweeper's tell into PRUNED for jobs that stopped as pruned (with the last
-  reported value, as Optuna's own `tell(PRUNED)` does), and leaves alone a trial someone else already finished;
-* failed jobs (invalid shape, NaN loss, ...: the job returns NaN with `status: failed`) become failed job returns,
-  so the plugin counts them against `max_failure_rate`; jobs that raised get `status: failed` + reason written;
-* a heartbeat for running trials and, at start, FAIL for RUNNING trials whose heartbeat went stale (killed sweep);
+* each job gets its trial through `hydra.job.env_set` (`vit_lab.sweeps.current_trial`), never through its config;
+* heartbeats for running trials; RUNNING trials whose heartbeat went stale (a killed worker) become FAIL;
 * a per-session offset of the sampler seed, so a resumed or concurrent sweep does not re-sample the same points;
+* `total_trials`, a study-wide budget shared by all workers; `max_failure_rate` per batch, as upstream;
 * `device.threads = cores // parallel jobs` for joblib and submitit_local;
-* a summary (best trial's run dir, params, val/test accuracy, trial counts) added to `optimization_results.yaml`.
+* `optimization_results.yaml` as upstream, plus a summary (best trial's run dir, test accuracy, trial counts).
 """
 
 from __future__ import annotations
 
-import copy
+import functools
 import logging
 import math
-import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
+from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-from hydra_plugins.vit_lab_sweeper import config as config  # noqa: F401 - registers hydra/sweeper=vit_optuna
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+# The official plugin's parser of `hydra.sweeper.params` lives in its private `_impl` module: pyproject.toml pins
+# hydra-optuna-sweeper to the tested range for this one import.
+from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+from hydra_plugins.vit_lab_sweeper import config as config  # registers hydra/sweeper=vit_optuna
+from hydra_plugins.vit_lab_sweeper.heartbeat import Heartbeat
+from hydra_plugins.vit_lab_sweeper.outcomes import Outcome, outcome, read_metrics, run_dir_of, tell, write_metrics
 
 log = logging.getLogger(__name__)
 
-SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+SAMPLERS = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+SESSIONS = "vit_lab_sweep_sessions"  # study user attribute: how many sweep processes have joined the study
+_ABSENT = object()
 
 
-class TrialFailed(Exception):
-    """A job that ended with `status: failed` (the task returned NaN); its reason is the message."""
+class SweepFailed(HydraException):
+    """The sweep stopped: too many failed trials in a batch, or none of its trials finished."""
 
 
-def _storage_class(base: type) -> type:
-    """`base` (an Optuna storage) that can redirect the sweeper's final tell of chosen trials."""
-
-    class SweepStorage(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.prune_ids: set[int] = set()  # trials whose job stopped as pruned
-            self.finished_ids: set[int] = set()  # trials that something else already finished: keep their state
-
-        def get_trial(self, trial_id: int):  # noqa: ANN201
-            trial = super().get_trial(trial_id)
-            if trial_id in self.finished_ids and trial.state.is_finished():
-                import optuna
-
-                trial = copy.copy(trial)  # let the plugin's tell go through; set_trial_state_values ignores it
-                trial.state, trial.values, trial.datetime_complete = optuna.trial.TrialState.RUNNING, None, None
-            return trial
-
-        def set_trial_state_values(self, trial_id: int, state: Any, values: Sequence[float] | None = None) -> bool:
-            import optuna
-
-            if trial_id in self.finished_ids:
-                self.finished_ids.discard(trial_id)
-                return False
-            if trial_id in self.prune_ids and state.is_finished():
-                self.prune_ids.discard(trial_id)
-                trial = super().get_trial(trial_id)
-                last = trial.last_step
-                value = trial.intermediate_values[last] if last is not None else None
-                state = optuna.trial.TrialState.PRUNED
-                values = [value] if value is not None and math.isfinite(value) else None
-            return super().set_trial_state_values(trial_id, state, values)
-
-    SweepStorage.__name__ = SweepStorage.__qualname__ = f"Sweep{base.__name__}"
-    return SweepStorage
-
-
-def make_storage(url: str | None, heartbeat_interval: int | None = None, grace_period: int | None = None) -> Any:
-    """The sweeper's storage: Optuna's own (an RDBStorage behind its usual cache, or in memory), able to tell a
-    pruned job's trial PRUNED and to leave a trial that something else already finished alone."""
-    import optuna
-    from optuna.storages._cached_storage import _CachedStorage  # what optuna.create_study wraps an RDBStorage in
-
-    from vit_lab import sweeps
-
-    if url is None:
-        return _storage_class(optuna.storages.InMemoryStorage)()
-    hb = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period) if heartbeat_interval else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        backend = optuna.storages.RDBStorage(url, engine_kwargs=sweeps.engine_kwargs(url), **hb)
-    return _storage_class(_CachedStorage)(backend)
-
-
-class _Heartbeat:
-    """Records a storage heartbeat for the trials this sweeper is running, every `interval` seconds."""
-
-    def __init__(self, storage: Any, interval: float) -> None:
-        self.storage, self.interval = storage, interval
-        self.trial_ids: set[int] = set()
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="vit_optuna-heartbeat", daemon=True)
-        self.thread.start()
-
-    def beat(self, trial_id: int) -> None:
-        with self.lock:
-            self.trial_ids.add(trial_id)
-        self._record([trial_id])
-
-    def done(self, trial_id: int) -> None:
-        with self.lock:
-            self.trial_ids.discard(trial_id)
-
-    def _record(self, ids: list[int]) -> None:
-        for trial_id in ids:
-            try:
-                self.storage.record_heartbeat(trial_id)
-            except Exception as e:  # noqa: BLE001 - a missed beat must not kill the sweep
-                log.debug("heartbeat for trial id %s failed: %s", trial_id, e)
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.interval):
-            with self.lock:
-                ids = sorted(self.trial_ids)
-            self._record(ids)
-
-    def close(self) -> None:
-        self.stop.set()
-
-
-class _TrialLauncher:
-    """Wraps the configured launcher: adds each trial's overrides, then settles the jobs' outcomes."""
-
-    def __init__(self, inner: Any, owner: "VitOptunaSweeper") -> None:
-        self.inner, self.owner = inner, owner
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        trials, self.owner.pending = self.owner.pending, []
-        if len(trials) != len(job_overrides):
-            raise RuntimeError(f"vit_optuna: {len(trials)} asked trials for {len(job_overrides)} jobs; "
-                               "is this hydra-optuna-sweeper version supported?")
-        overrides = [list(o) + self.owner.extra_overrides(trial, o) for trial, o in zip(trials, job_overrides)]
-        # job folders follow the study's trial numbers, so a rerun into the same hydra.sweep.dir adds folders
-        # after the last trial instead of overwriting the first session's 0, 1, ...
-        initial_job_idx = trials[0].number if trials else initial_job_idx
-        returns = self.inner.launch(overrides, initial_job_idx=initial_job_idx)
-        for trial, ret in zip(trials, returns):
-            self.owner.settle(trial, ret)
-        self.owner.launched += len(returns)
-        return returns
-
-
-class VitOptunaSweeper(OptunaSweeper):
-    """The official `OptunaSweeper` with pruning, recovery and bookkeeping (see the module docstring)."""
+class VitOptunaSweeper(Sweeper):
+    """The `vit_optuna` sweeper (see the module docstring); its settings are `config.VitOptunaSweeperConf`."""
 
     def __init__(self, sampler: Any, direction: Any, storage: Any | None, study_name: str | None, n_trials: int,
                  n_jobs: int, max_failure_rate: float, custom_search_space: str | None, params: DictConfig | None,
                  pruner: Any = None, heartbeat_interval: int | None = 30, grace_period: int | None = 120,
-                 divide_threads: bool = True) -> None:
-        super().__init__(sampler, direction, None, study_name, n_trials, n_jobs, max_failure_rate,
-                         custom_search_space, params)
-        self.sampler_conf = sampler
-        self.storage_url = storage
-        self.pruner_conf = OmegaConf.to_container(pruner, resolve=True) if isinstance(pruner, DictConfig) else pruner
-        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
-        self.divide_threads = divide_threads
-        self.pending: list[Any] = []
-        self.launched = 0
-        self.storage: Any = None
-        self.heartbeat: _Heartbeat | None = None
+                 total_trials: int | None = None, divide_threads: bool = True) -> None:
+        from vit_lab.errors import ConfigError
 
-    # ------------------------------------------------------------------ hydra entry points
+        if not 0.0 <= max_failure_rate <= 1.0:
+            raise ConfigError(f"hydra.sweeper.max_failure_rate={max_failure_rate} must be between 0 and 1")
+        self.sampler_conf, self.directions = sampler, _directions(direction)
+        self.storage_conf, self.study_name = storage, study_name
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, max(1, n_jobs), max_failure_rate
+        self.extender = (instantiate({"_target_": custom_search_space, "_partial_": True})
+                         if custom_search_space else None)
+        self.params = params
+        self.pruner = OmegaConf.to_container(pruner, resolve=True) if isinstance(pruner, DictConfig) else pruner
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.total_trials, self.divide_threads = total_trials, divide_threads
+        self.url: str | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.config = config
-        impl = self.sweeper
-        impl.launcher = _TrialLauncher(impl.launcher, self)
-        user_extender = impl.custom_search_space_extender
-
-        def extender(cfg: DictConfig, trial: Any) -> None:  # the plugin calls this once per asked trial, in order
-            if user_extender is not None:
-                user_extender(cfg, trial)
-            self.pending.append(trial)
-            if self.heartbeat is not None:
-                self.heartbeat.beat(trial._trial_id)
-
-        impl.custom_search_space_extender = extender
+        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
+                                                                 task_function=task_function)
 
     def sweep(self, arguments: list[str]) -> None:
+        from vit_lab import storages
+
+        params = [f"{k!s}={v}" for k, v in (self.params or {}).items()] + list(arguments)
+        space, fixed, fixed_overrides = create_params_from_overrides(params)
+        for name in fixed:  # a value fixed on the command line leaves the search space
+            space.pop(name, None)
+        self.url = storages.resolve_url(self.storage_conf)
+        study, storage, session = self._open_study(space)
+        if len(self.directions) > 1 and self.pruner:
+            log.warning("vit_optuna: a multi-objective study cannot be pruned (Optuna prunes one objective): "
+                        "pruning is off")
+            self.pruner = None
+        elif self.url is None and self.pruner:
+            log.info("vit_optuna: no hydra.sweeper.storage, so jobs cannot report to the study: pruning is off")
+        heartbeat = Heartbeat(storage, study, self.heartbeat_interval, self.grace_period)
+        log.info("vit_optuna: study %r in %s (session %d, %d trials so far, %s)%s", study.study_name,
+                 storages.safe(self.url) if self.url else "memory", session, len(study.trials),
+                 type(study.sampler).__name__, f"; watch it: optuna-dashboard {storages.dashboard_target(self.url)}"
+                 if self.url else "")
+        try:
+            with warnings.catch_warnings():  # the heartbeat is this sweeper's own (it asks and tells)
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                ran = self._run(study, heartbeat, space, fixed, fixed_overrides)
+        finally:
+            heartbeat.close()
+        self._finish(study, ran)
+
+    # ------------------------------------------------------------------ study and sampler
+
+    def _open_study(self, space: dict) -> tuple[Any, Any, int]:
+        """Create or load the study (under the storage's lock: concurrent workers count sessions one at a time),
+        then load it again with this session's sampler."""
         import optuna
+
+        from vit_lab import storages
+        from vit_lab.errors import ConfigError
+
+        with storages.storage_lock(self.url, self.study_name or ""):  # also the first worker's table creation
+            storage = storages.open_storage(self.url, self.heartbeat_interval, self.grace_period)
+            study = optuna.create_study(study_name=self.study_name, storage=storage, directions=self.directions,
+                                        load_if_exists=True)
+            found = [d.name.lower() for d in study.directions]
+            if found != self.directions:
+                raise ConfigError(f"hydra.sweeper.direction={self.directions} does not match study "
+                                  f"{study.study_name!r}, created with {found}; use another hydra.sweeper.study_name")
+            session = study.user_attrs.get(SESSIONS, 0)
+            study.set_user_attr(SESSIONS, session + 1)
+        sampler = self._sampler(space, session)
+        study = optuna.load_study(study_name=study.study_name, storage=storage, sampler=sampler,
+                                  pruner=optuna.pruners.NopPruner())  # the jobs prune, with the configured pruner
+        return study, storage, session
+
+    def _sampler(self, space: dict, session: int) -> Any:
+        """The configured sampler; session k of a study samples with seed + k (the first stays reproducible). A
+        GridSampler gets the grid of the search space, and n_trials at most the grid's size (as upstream)."""
+        import optuna
+
+        conf = self.sampler_conf
+        if isinstance(conf, DictConfig):
+            conf = OmegaConf.to_container(conf, resolve=True)
+            if conf.get("seed") is not None and session and not conf.get("_partial_"):
+                conf["seed"] += session
+                log.info("vit_optuna: sampler seed %d (seed %d + session %d)", conf["seed"], conf["seed"] - session,
+                         session)
+            conf = instantiate(conf, _execution_whitelist_=SAMPLERS)
+        if isinstance(conf, functools.partial) and conf.func is optuna.samplers.GridSampler:
+            grid = {name: _grid_choices(dist) for name, dist in space.items()}
+            conf = conf(grid)
+            self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
+            log.info("vit_optuna: n_trials %d (GridSampler)", self.n_trials)
+        return conf
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self, study: Any, heartbeat: Heartbeat, space: dict, fixed: dict, fixed_overrides: list) -> list[int]:
+        """Ask, launch, tell, batch after batch; returns the numbers of the trials this sweep ran."""
+        ran: list[int] = []
+        left = self.n_trials
+        while left > 0:
+            trials = self._ask(study, heartbeat, space, fixed, min(left, self.n_jobs))
+            if not trials:
+                break
+            overrides = [self._overrides(study, t, fixed, fixed_overrides) for t in trials]
+            # job folders follow trial numbers: a rerun into the same hydra.sweep.dir adds folders after the last
+            returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
+            outcomes = [self._settle(study, t, ret) for t, ret in zip(trials, returns)]
+            for t in trials:
+                heartbeat.done(t.number)
+            ran += [t.number for t in trials]
+            self._check_failures(trials, returns, outcomes)
+            left -= len(trials)
+        return ran
+
+    def _ask(self, study: Any, heartbeat: Heartbeat, space: dict, fixed: dict, batch: int) -> list[Any]:
+        import optuna
+
+        from vit_lab import storages
+
+        with storages.storage_lock(self.url, study.study_name):  # count and ask as one step among the workers
+            stale = heartbeat.fail_stale()
+            if stale:
+                log.warning("vit_optuna: marked stale RUNNING trials %s as FAIL (their worker stopped beating)", stale)
+            if self.total_trials is not None:
+                S = optuna.trial.TrialState
+                held = len(study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING, S.WAITING)))
+                batch = min(batch, self.total_trials - held)
+                if batch <= 0:
+                    log.info("vit_optuna: the study holds %d trials (total_trials=%d): done", held, self.total_trials)
+                    return []
+            trials = [study.ask(space) for _ in range(batch)]
+            for t in trials:
+                heartbeat.add(t.number)
+        for t in trials:
+            for name, value in fixed.items():
+                t.set_user_attr(name, value)
+            if self.extender is not None:
+                self.extender(self.config, t)
+            if t.params.keys() & t.user_attrs.keys():
+                raise ValueError(f"Overlapping fixed parameters and search space parameters found! Overlapping "
+                                 f"parameters: {sorted(t.params.keys() & t.user_attrs.keys())}")
+        return trials
+
+    def _overrides(self, study: Any, trial: Any, fixed: dict, fixed_overrides: list) -> list[str]:
         from vit_lab import sweeps
 
-        impl = self.sweeper
-        url = sweeps.absolute_storage_url(self.storage_url)
-        self.storage_url = url
-        with sweeps.storage_lock(url):
-            self.storage = make_storage(url, self.heartbeat_interval, self.grace_period)
-            study = optuna.create_study(study_name=impl.study_name, storage=self.storage,
-                                        directions=impl._get_directions(), load_if_exists=True)
-            impl.study_name = study.study_name
-            session = study.user_attrs.get("vit_lab_sweep_sessions", 0)
-            study.set_user_attr("vit_lab_sweep_sessions", session + 1)
-        if url is None and self.pruner_conf:
-            log.warning("vit_optuna: no hydra.sweeper.storage, so jobs cannot report to the study: pruning is off")
-        if url is not None and self.heartbeat_interval:
-            before = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
-            after = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
-            if before - after:
-                log.warning("vit_optuna: marked stale RUNNING trials %s as FAIL (left by a killed sweep)",
-                            sorted(before - after))
-            self.heartbeat = _Heartbeat(self.storage, self.heartbeat_interval)
-        self._reseed(session)
-        impl.storage = self.storage
-        # the heartbeat is ours (the plugin uses ask/tell, not Study.optimize); heartbeat args are "experimental"
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        log.info("vit_optuna: study %r in %s (session %d, %d trials so far)", study.study_name,
-                 url or "memory", session, len(study.trials))
-        try:
-            impl.sweep(arguments)
-        except ValueError:  # the plugin asks for study.best_trial even when no trial completed
-            completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if completed or self.launched < impl.n_trials:
-                raise
-            log.warning("vit_optuna: no trial of study %r has completed yet", study.study_name)
-        finally:
-            if self.heartbeat is not None:
-                self.heartbeat.close()
-        self._write_summary(study)
-
-    # ------------------------------------------------------------------ pieces
-
-    def _reseed(self, session: int) -> None:
-        """Session k of a study samples with seed + k: a resumed or concurrent sweep explores new points, while
-        the first session of a study stays reproducible."""
-        seed = self.sampler_conf.get("seed") if isinstance(self.sampler_conf, DictConfig) else None
-        if seed is None or session == 0 or self.sampler_conf.get("_partial_"):
-            return
-        conf = OmegaConf.to_container(self.sampler_conf, resolve=True)
-        conf["seed"] = int(seed) + session
-        self.sweeper.sampler = instantiate(conf, _execution_whitelist_=SAMPLER_WHITELIST)
-        log.info("vit_optuna: sampler seed %d (seed %d + session %d)", seed + session, seed, session)
+        overrides = [f"{name}={value}" for name, value in {**trial.params, **fixed}.items()] + list(fixed_overrides)
+        if self.url is not None:
+            overrides.append(sweeps.trial_env_override(self.url, study.study_name, trial.number, self.pruner))
+        parallel = self._parallel_local_jobs()
+        user_set = any(o.split("=", 1)[0].lstrip("+~") == "device.threads" for o in overrides)
+        if self.divide_threads and parallel > 1 and not user_set \
+                and OmegaConf.select(self.config, "device.threads", default=_ABSENT) is None:
+            overrides.append(f"device.threads={sweeps.threads_per_job(parallel)}")
+        return overrides
 
     def _parallel_local_jobs(self) -> int:
         """How many jobs of a batch run at once on this machine (1 for in-process or remote launchers)."""
         target = str(self.config.hydra.launcher.get("_target_", ""))
-        batch = max(1, self.sweeper.n_jobs)
         if "joblib" in target.lower():
             n = self.config.hydra.launcher.get("n_jobs", -1) or -1
-            return batch if n < 0 else min(batch, n)
-        if target.endswith("LocalLauncher"):  # submitit_local: one process per job, all at once
-            return batch
-        return 1
+            return self.n_jobs if n < 0 else min(self.n_jobs, n)
+        return self.n_jobs if target.endswith("LocalLauncher") else 1  # submitit_local: all at once
 
-    def extra_overrides(self, trial: Any, overrides: Sequence[str]) -> list[str]:
+    # ------------------------------------------------------------------ outcomes
+
+    def _settle(self, study: Any, trial: Any, ret: JobReturn) -> Outcome:
+        """Record a finished job's outcome on its trial (user attributes, then tell)."""
+        import optuna
+
         from vit_lab import sweeps
 
-        extra = []
-        if self.storage_url is not None:
-            spec = {"_target_": "vit_lab.sweeps.OptunaTrialCallback", "_recursive_": False,
-                    "storage": self.storage_url, "study_name": self.sweeper.study_name, "trial_number": trial.number,
-                    "last_epoch": "${trainer.epochs}", "pruner": self.pruner_conf or None}
-            extra.append(f"++callbacks.optuna_trial={sweeps.to_override_value(spec)}")
-        parallel = self._parallel_local_jobs()
-        user_set = any(o.split("=", 1)[0].lstrip("+~") == "device.threads" for o in overrides)
-        if self.divide_threads and parallel > 1 and not user_set \
-                and OmegaConf.select(self.config, "device.threads") is None:
-            extra.append(f"device.threads={sweeps.threads_per_job(parallel)}")
-        return extra
-
-    def settle(self, trial: Any, ret: JobReturn) -> None:
-        """Record a finished job's outcome on its trial, before the plugin tells the study."""
-        from vit_lab import sweeps
-        from vit_lab.io import read_json, write_json
-
-        storage, tid = self.storage, trial._trial_id
-        if self.heartbeat is not None:
-            self.heartbeat.done(tid)
-        run_dir = None
-        if ret.hydra_cfg is not None:
-            run_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir")
-        run_dir = run_dir or ret.working_dir
-        metrics_file = Path(run_dir) / "metrics.json" if run_dir else None
+        run_dir = run_dir_of(ret)
+        metrics = read_metrics(run_dir)
+        out = outcome(ret, metrics, len(self.directions))
+        if ret.status == JobStatus.FAILED and metrics.get("status") == "running":  # a vit_lab job that crashed
+            write_metrics(run_dir, {**metrics, "status": "failed", "reason": out.reason})
+        status = {optuna.trial.TrialState.PRUNED: "pruned", optuna.trial.TrialState.FAIL: "failed"}.get(
+            out.state, metrics.get("status") or "completed")
+        attrs = {sweeps.RUN_DIR: run_dir, sweeps.STATUS: status, sweeps.REASON: out.reason,
+                 sweeps.TEST_ACC: metrics.get("test_acc")}
         try:
-            metrics = read_json(metrics_file) if metrics_file and metrics_file.exists() else {}
-        except (OSError, ValueError):
-            metrics = {}
-        status, reason = metrics.get("status"), metrics.get("reason")
-
-        if ret.status == JobStatus.FAILED:  # the job raised (out of memory, a bug, ...): the plugin tells FAIL
-            error = ret._return_value
-            status, reason = "failed", f"{type(error).__name__}: {error}"
-            if metrics_file is not None and metrics.get("status") in (None, "running"):
-                metrics.update(status=status, reason=reason)
-                try:
-                    write_json(metrics_file, metrics)
-                except OSError:
-                    pass
-        elif status == "pruned":
-            storage.prune_ids.add(tid)
-            values = storage.get_trial(tid).intermediate_values
-            ret.return_value = float(values[max(values)]) if values else 0.0  # told COMPLETE, stored as PRUNED
-        elif status == "failed" or not _is_finite(ret._return_value):
-            reason = reason or f"the job returned {ret._return_value!r}"
-            status = "failed"
-            ret.status, ret.return_value = JobStatus.FAILED, TrialFailed(f"trial {trial.number}: {reason}")
-
-        attrs = {sweeps.RUN_DIR: str(run_dir) if run_dir else None, sweeps.STATUS: status}
-        if reason:
-            attrs[sweeps.REASON] = reason
-        if metrics.get("test_acc") is not None:
-            attrs[sweeps.TEST_ACC] = metrics["test_acc"]
-        current = storage.get_trial(tid)
-        if current.state.is_finished():  # e.g. failed as stale by another sweep: keep that verdict, do not crash
-            log.warning("vit_optuna: trial %d is already %s in the study; keeping it", trial.number,
-                        current.state.name)
-            storage.finished_ids.add(tid)
-            storage.prune_ids.discard(tid)
-            return
-        for key, value in attrs.items():
-            storage.set_trial_user_attr(tid, key, value)
+            for key, value in attrs.items():
+                if value is not None:
+                    trial.set_user_attr(key, value)
+        except optuna.exceptions.UpdateFinishedTrialError:  # e.g. failed as stale by another worker: keep it
+            log.warning("vit_optuna: trial %d was already finished in the study; keeping that", trial.number)
+            return out
+        tell(study, trial.number, out.state, out.values)
         if status in ("pruned", "failed"):
-            log.info("vit_optuna: trial %d %s: %s", trial.number, status, reason)
+            log.info("vit_optuna: trial %d %s: %s", trial.number, status, out.reason)
+        return out
 
-    def _write_summary(self, study: Any) -> None:
-        from vit_lab import sweeps
+    def _check_failures(self, trials: list, returns: Sequence[JobReturn], outcomes: list[Outcome]) -> None:
+        """Stop the sweep when a batch's failures exceed max_failure_rate: re-raise a job's own exception (with its
+        traceback, as upstream), or name every failed trial's reason."""
+        failed = [(t, ret, o) for t, ret, o in zip(trials, returns, outcomes) if o.counts]
+        if not failed or len(failed) / len(returns) <= self.max_failure_rate:
+            return
+        log.error("vit_optuna: %d of %d trials of the batch failed (max_failure_rate=%s)", len(failed), len(returns),
+                  self.max_failure_rate)
+        for _, ret, _ in failed:
+            if ret.status == JobStatus.FAILED:
+                ret.return_value  # noqa: B018 - raises the job's exception, traceback and all
+        reasons = "; ".join(f"trial {t.number}: {o.reason}" for t, _, o in failed)
+        raise SweepFailed(f"vit_optuna sweeper: {len(failed)} of {len(returns)} trials of a batch failed, more than "
+                          f"hydra.sweeper.max_failure_rate={self.max_failure_rate} allows: {reasons}")
+
+    def _finish(self, study: Any, ran: list[int]) -> None:
+        """optimization_results.yaml (upstream's keys plus a summary), the summary in the log, and an error when
+        every trial of this sweep failed."""
+        import optuna
+
+        from vit_lab import storages, sweeps
+        from vit_lab.io import atomic_write
 
         info = sweeps.summary(study)
-        info["storage"] = self.storage_url
-        info["this_sweep_trials"] = self.launched
+        info.update(storage=storages.safe(self.url) if self.url else None, this_sweep_trials=len(ran))
+        results: dict[str, Any] = {"name": "optuna"}
+        if "pareto_front" in info:
+            results["solutions"] = [{"params": t["params"], "values": t["values"]} for t in info["pareto_front"]]
+        elif info["best_trial"]:
+            results.update(best_params=info["best_trial"]["params"], best_value=info["best_trial"]["value"])
         path = Path(self.config.hydra.sweep.dir) / "optimization_results.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        results = OmegaConf.load(path) if path.exists() else OmegaConf.create({"name": "optuna"})
-        results = OmegaConf.merge(results, {"summary": info})
-        OmegaConf.save(results, path)
-        best = info.get("best_trial")
-        counts = ", ".join(f"{n} {k}" for k, n in sorted(info["trials"].items()))
-        if best:
-            test = f"{best['test_acc']:.4f}" if best.get("test_acc") is not None else "n/a"
-            log.info("vit_optuna: study %r: %s. Best trial %d: val_acc %.4f, test_acc %s, params %s, run dir %s",
-                     study.study_name, counts, best["number"], best["val_acc"], test, best["params"],
-                     best["run_dir"])
-        else:
-            log.info("vit_optuna: study %r: %s; no completed trial", study.study_name, counts)
-        log.info("vit_optuna: results in %s", path)
+        doc = OmegaConf.merge(OmegaConf.load(path) if path.exists() else {}, results, {"summary": info})
+        atomic_write(path, lambda f: f.write(OmegaConf.to_yaml(doc)))
+        _log_summary(study, info, path)
+        mine = [t for t in study.get_trials(deepcopy=False) if t.number in set(ran)]
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        if mine and not any(t.state in finished for t in mine):
+            reasons = "; ".join(f"trial {t.number}: {t.user_attrs.get(sweeps.REASON, t.state.name)}" for t in mine)
+            raise SweepFailed(f"vit_optuna sweeper: none of the {len(mine)} trials of this sweep finished "
+                              f"(each failed: {reasons}); see each run folder's log")
 
 
-def _is_finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
+# --------------------------------------------------------------------------- helpers
+
+
+def _directions(direction: Any) -> list[str]:
+    from vit_lab.errors import ConfigError
+
+    items = list(direction) if isinstance(direction, (list, tuple, ListConfig)) else [direction]
+    names = [str(getattr(d, "name", d)).lower() for d in items]
+    if not names or any(n not in ("minimize", "maximize") for n in names):
+        raise ConfigError(f"hydra.sweeper.direction={direction}: use minimize, maximize or a list of them")
+    return names
+
+
+def _grid_choices(dist: Any) -> list:
+    """The grid of one distribution of the search space (GridSampler takes discrete ones only)."""
+    import optuna.distributions as D
+
+    if isinstance(dist, D.CategoricalDistribution):
+        return list(dist.choices)
+    if isinstance(dist, D.IntDistribution):
+        return list(range(dist.low, dist.high + 1, dist.step))
+    if isinstance(dist, D.FloatDistribution) and dist.step is not None:
+        from hydra.core.override_parser.types import FloatRange
+
+        choices = list(FloatRange(dist.low, dist.high, dist.step))  # Hydra's own float range: no drift
+        return choices if choices and choices[-1] == dist.high else [*choices, dist.high]
+    raise ValueError("GridSampler only supports discrete distributions (choice or range with a step)")
+
+
+def _log_summary(study: Any, info: dict, path: Path) -> None:
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(info["trials"].items()))
+    best = info.get("best_trial")
+    if "pareto_front" in info:
+        log.info("vit_optuna: study %r: %s; %d trials on the Pareto front", study.study_name, counts,
+                 len(info["pareto_front"]))
+    elif best:
+        test = f", test_acc {best['test_acc']:.4f}" if best.get("test_acc") is not None else ""
+        log.info("vit_optuna: study %r: %s. Best trial %d: value %.4f%s, params %s, run dir %s",
+                 study.study_name, counts, best["number"], best["value"], test, best["params"], best["run_dir"])
+    else:
+        log.info("vit_optuna: study %r: %s; no completed trial", study.study_name, counts)
+    log.info("vit_optuna: results in %s", path)
