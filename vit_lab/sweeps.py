@@ -1,10 +1,10 @@
 """Optuna sweeps: the job-side trial reporter and the helpers the `vit_optuna` sweeper shares with it.
 
 The sweeper (``hydra_plugins/vit_lab_sweeper``) runs the official ``hydra-optuna-sweeper`` loop and gives every
-job one extra override, ``callbacks.optuna_trial``, that builds :class:`OptunaTrialCallback` here. After every
-epoch the callback reports validation accuracy to the study (Optuna's intermediate values) and asks the pruner;
-a pruned trial raises ``TrialPruned`` (status "pruned"), which ``vit_lab.train`` records in ``metrics.json``. The
-sweeper reads that status back and tells Optuna PRUNED.
+job one extra override, ``callbacks.optuna_trial``, that builds :class:`OptunaTrialCallback` here (a
+:class:`vit_lab.callbacks.Callback`). After every epoch it reports validation accuracy to the study (Optuna's
+intermediate values) and asks the pruner; a pruned trial raises ``TrialPruned`` (status "pruned"), which
+``vit_lab.train`` records in ``metrics.json``. The sweeper reads that status back and tells Optuna PRUNED.
 
 This module imports neither torch nor ``vit_lab.train`` at import time: the sweeper process imports it too.
 """
@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from vit_lab.callbacks import Callback
 from vit_lab.errors import RunStopped
 
 # Sweeper-written keys of a trial's user attributes (visible in optuna-dashboard).
@@ -92,8 +93,8 @@ class TrialPruned(RunStopped):
         return type(self), (str(self),)
 
 
-class OptunaTrialCallback:
-    """Epoch hook of one sweep job: report ``metric`` to its Optuna trial and stop the run when the pruner says so.
+class OptunaTrialCallback(Callback):
+    """Callback of one sweep job: report ``metric`` to its Optuna trial and stop the run when the pruner says so.
 
     Built by the sweeper's extra override ``callbacks.optuna_trial``. ``pruner`` is an instantiable
     ``optuna.pruners.*`` config (None: report only). The last epoch is never pruned: the run has finished by then.
@@ -114,6 +115,9 @@ class OptunaTrialCallback:
         self.pruner_name = type(pruner_obj).__name__
 
     def __call__(self, epoch: int, record: dict) -> None:
+        self.on_epoch_end(epoch, record)
+
+    def on_epoch_end(self, epoch: int, record: dict) -> None:
         value = record.get(self.metric)
         if value is None or not math.isfinite(value):
             return
