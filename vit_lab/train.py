@@ -301,11 +301,15 @@ def fit(job: Job, state: State) -> None:
         while state.epoch < job.cfg.trainer.epochs:
             seconds = train_epoch(job, state, stop)
             record = end_epoch(job, state, seconds)
+            stopped = None
             try:
                 job.callbacks.on_epoch_end(state.epoch, record)
             except StopTraining as e:
-                log.info("stopped after epoch %d: %s", state.epoch, e)
-                job.run.write_metrics(stopped_early=str(e))
+                stopped = e
+            job.run.save_checkpoint(checkpoint(job, state))  # after the callbacks: it holds their state too
+            if stopped is not None:
+                log.info("stopped after epoch %d: %s", state.epoch, stopped)
+                job.run.write_metrics(stopped_early=str(stopped))
                 return
             if stop["signum"] is not None:
                 raise job.interrupted(stop["signum"])
@@ -362,7 +366,7 @@ def finite_loss(sums: Sums, state: State) -> float:
 
 
 def end_epoch(job: Job, state: State, seconds: float) -> dict:
-    """Validate, then record the epoch: history, best weights, checkpoint and metrics, in that order."""
+    """Validate, then record the epoch: history, best weights and metrics (the checkpoint follows the callbacks)."""
     sums = state.sums
     val_loss, val_acc = evaluate(job.model, job.val_batches, job.device, job.cfg.device.precision)
     state.epoch, state.step, state.perm, state.sums = state.epoch + 1, 0, None, None
@@ -375,7 +379,6 @@ def end_epoch(job: Job, state: State, seconds: float) -> dict:
     if math.isfinite(val_acc) and not (val_acc <= state.best_val_acc):  # NaN-safe max
         state.best_val_acc, state.best_epoch = val_acc, state.epoch
         job.run.save_best(job.model, state.epoch, val_acc)
-    job.run.save_checkpoint(checkpoint(job, state))
     job.run.write_metrics(epochs_completed=state.epoch, best_val_acc=state.best_val_acc, best_epoch=state.best_epoch,
                           val_acc=val_acc, train_seconds=state.train_seconds)
     return record

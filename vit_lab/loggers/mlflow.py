@@ -57,6 +57,7 @@ class MLflowLogger(Callback):
         self.client: Any = None
         self.run_id: str | None = None
         self.run_dir: Path | None = None
+        self.logged: set[int] = set()  # epochs already in the MLflow run
 
     def state_dict(self) -> dict:
         return {"run_id": self.run_id}
@@ -69,10 +70,11 @@ class MLflowLogger(Callback):
 
         self.client, self.run_dir = MlflowClient(tracking_uri=self.uri), Path(run_dir)
         if resumed and self.run_id and self._reopen():
-            logged = {m.step for m in self.client.get_metric_history(self.run_id, "val_acc")}
+            # a kill between logging an epoch and saving its checkpoint (or the other way round) must not leave
+            # the MLflow run with a duplicate or a missing step
+            self.logged = {m.step for m in self.client.get_metric_history(self.run_id, "val_acc")}
             for record in history(run_dir):
-                if record["epoch"] not in logged:  # an epoch saved but not logged before the kill
-                    self.on_epoch_end(record["epoch"], record)
+                self.on_epoch_end(record["epoch"], record)
             self._params(cfg, skip=set(self.client.get_run(self.run_id).data.params))
             return
         run = self.client.create_run(self._experiment_id(cfg), run_name=self._run_name(run_dir), tags=self._tags(run_dir))
@@ -130,7 +132,9 @@ class MLflowLogger(Callback):
             self.client.log_batch(self.run_id, params=params[i:i + BATCH])
 
     def on_epoch_end(self, epoch: int, record: dict) -> None:
-        self._metrics(record, epoch)
+        if epoch not in self.logged:
+            self._metrics(record, epoch)
+            self.logged.add(epoch)
 
     def _metrics(self, values: dict, step: int) -> None:
         from mlflow.entities import Metric
