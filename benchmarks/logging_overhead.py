@@ -17,6 +17,7 @@ migrations, on the first run of a new store) is reported apart.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import subprocess
 import sys
@@ -26,16 +27,19 @@ from pathlib import Path
 
 from benchmarks import _common as C
 
-LOGGERS = ("tensorboard", "mlflow", "csv")
+LOGGERS = ("csv", "tensorboard", "mlflow")
 IMPORTS = {"tensorboard": "torch.utils.tensorboard", "mlflow": "mlflow", "csv": "csv"}
 STEPS_PER_EPOCH = math.ceil(55_000 / 128)
 SWEEP_STEPS_PER_EPOCH = math.ceil(5_000 / 128)  # the sweep preset's per-trial budget
 
 
-def import_seconds(module: str) -> float:
-    """Seconds to import ``module`` in a fresh interpreter that has imported torch (as the trainer has)."""
-    code = f"import time, torch; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
-    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+def import_seconds(modules: list[str]) -> dict[str, float]:
+    """Seconds to import each module, in this order, in one fresh interpreter that has imported torch (as the
+    trainer has); a library shared by two is charged to the first."""
+    code = ("import json, sys, time, torch\nout = {}\nfor m in sys.argv[1:]:\n    t = time.perf_counter()\n"
+            "    __import__(m)\n    out[m] = time.perf_counter() - t\nprint(json.dumps(out))")
+    proc = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)
 
 
 def record(epoch: int) -> dict:
@@ -86,9 +90,10 @@ def measure(loggers: list[str], epochs: int, rounds: int, steps: int) -> dict:
     epoch = epoch_seconds(max(3, rounds), steps)
     out = {"epochs": epochs, "rounds": rounds, "default_epoch_seconds": epoch,
            "sweep_epoch_seconds": epoch * SWEEP_STEPS_PER_EPOCH / STEPS_PER_EPOCH, "loggers": {}}
+    imports = import_seconds([IMPORTS[name] for name in loggers])
     for name in loggers:
         per_epoch = C.median([life["epoch"] for life in lives[name]])
-        once = C.median([life["start"] + life["end"] for life in lives[name]]) + import_seconds(IMPORTS[name])
+        once = C.median([life["start"] + life["end"] for life in lives[name]]) + imports[IMPORTS[name]]
         out["loggers"][name] = {
             "per_epoch_seconds": per_epoch, "one_off_seconds": once,
             "per_epoch_share": per_epoch / epoch,

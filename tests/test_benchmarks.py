@@ -197,3 +197,13 @@ def test_gpu_session_script_on_the_cpu(tmp_path):
     bad = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=REPO, env={**env2, "TRAIN": "best_cifar"},
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown run 'best_cifar'" in bad.stdout
+
+
+def test_logging_overhead_micro_budget():
+    from benchmarks import logging_overhead
+
+    r = logging_overhead.main(["--loggers", "csv", "tensorboard", "--epochs", "2", "--rounds", "1", "--steps", "1",
+                               "--no-save"])  # mlflow's store creation alone takes seconds; test_loggers covers it
+    assert set(r["loggers"]) == {"tensorboard", "csv"} and r["default_epoch_seconds"] > 0
+    for v in r["loggers"].values():
+        assert 0 < v["per_epoch_seconds"] < v["one_off_seconds"] + 1 and 0 < v["per_epoch_share"] < 1

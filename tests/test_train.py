@@ -163,6 +163,13 @@ class TinyMLP(torch.nn.Module):
         return self.net(x)
 
 
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf")):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
 def _groups() -> dict[str, list[str]]:
     conf = Path(__file__).resolve().parents[1] / "conf"
     return {g: sorted(p.stem for p in (conf / g).glob("*.yaml"))
@@ -172,11 +179,10 @@ def _groups() -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in _groups().items() for o in opts])
 def test_every_group_option_composes_validates_and_builds_its_callbacks(group, option):
-    from conftest import one_epoch_cfg
     from vit_lab.callbacks import Callbacks
     from vit_lab.train import validate_config
 
-    cfg = one_epoch_cfg(f"{group}={option}")
+    cfg = compose(f"{group}={option}")
     validate_config(cfg)
     names = [name for name, _, _ in Callbacks.from_config(cfg).entries]
     if group == "logger":
@@ -202,8 +208,9 @@ def test_the_trainer_needs_no_vit_keys(mnist_root, tmp_path, monkeypatch):
     assert m["status"] == "completed" and m["model"] == "TinyMLP" and m["n_params"] == 784 * 24 + 24 + 24 * 10 + 10
     assert len(param_groups(TinyMLP(), 0.1)) == 1  # no groups of its own: everything decays alike
 
-    cnn = setup(one_epoch_cfg("model=cnn", "debug=fast"), tmp_path / "cnn")
-    assert isinstance(cnn, Job) and len(cnn.train_batches) == 3 and len(cnn.val_batches) == 3
+    cnn = setup(compose("model=cnn", "debug=fast", "data.val_size=512"), tmp_path / "cnn")
+    assert isinstance(cnn, Job) and len(cnn.train_batches) == len(cnn.test_batches) == 3
+    assert len(cnn.val_batches) == 1  # 512 images, batches of 1000
     decays = [g["weight_decay"] for g in cnn.opt.param_groups]
     assert decays == [0.05, 0.0] and all(p.ndim == 4 or p.ndim == 2 for p in cnn.opt.param_groups[0]["params"])
 
@@ -246,19 +253,20 @@ def test_metrics_record_the_git_commit_of_the_checkout(tmp_path):
 
 
 def test_debug_presets(tmp_path):
-    fast = run_train(*TINY, "debug=fast", f"hydra.run.dir={tmp_path / 'fast'}")
+    tiny = [o for o in TINY if not o.startswith("trainer.epochs")]  # the presets set the epochs
+    fast = run_train(*tiny, "debug=fast", f"hydra.run.dir={tmp_path / 'fast'}")
     assert fast.returncode == 0, fast.stderr
     m = read(tmp_path / "fast" / "metrics.json")
     assert m["status"] == "completed" and m["epochs_completed"] == 1
     assert not (tmp_path / "fast" / "checkpoint.pt").exists() and not list((tmp_path / "fast").glob("events.*"))
 
-    overfit = run_train(*TINY, "debug=overfit", "trainer.batch_size=16", "trainer.epochs=60", "optimizer.lr=0.01",
+    overfit = run_train(*tiny, "debug=overfit", "trainer.batch_size=16", "trainer.epochs=30", "optimizer.lr=0.01",
                         f"hydra.run.dir={tmp_path / 'overfit'}")
     assert overfit.returncode == 0, overfit.stderr
     history = read(tmp_path / "overfit" / "history.json")
     assert history[-1]["train_loss"] < 0.05 < history[0]["train_loss"] and history[-1]["val_acc"] == 1.0
 
-    profile = run_train(*TINY, "debug=profile", f"hydra.run.dir={tmp_path / 'profile'}")
+    profile = run_train(*tiny, "debug=profile", f"hydra.run.dir={tmp_path / 'profile'}")
     assert profile.returncode == 0, profile.stderr
     traces = list((tmp_path / "profile" / "profile").glob("*.pt.trace.json"))
     assert len(traces) == 1 and json.loads(traces[0].read_text())["traceEvents"]
