@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import hydra
 import torch
@@ -31,72 +31,20 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from vit_lab import debug
 from vit_lab.callbacks import Callbacks, StopTraining
 from vit_lab.config import build
-from vit_lab.data import Batches, IDXDataset
-from vit_lab.device import autocast, check_compile_mode, compile_model, configure_process, resolve_device
-from vit_lab.errors import ConfigError, Diverged, Interrupted, RunDirBusy, RunStopped, UserError
+from vit_lab.data import Batches
+from vit_lab.device import autocast, configure_process, resolve_device
+from vit_lab.errors import Diverged, Interrupted, RunDirBusy, RunStopped, UserError
 from vit_lab.io import claim_dir, dir_is_held, release_dir
+from vit_lab.job import Job, build_data, build_optimizer, config_number, param_groups, validate_config  # noqa: F401
 from vit_lab.records import (BEST, CHECKPOINT, HISTORY, METRICS, Run, check_compatible, finish_with_error,  # noqa: F401
                              git_info, load_checkpoint, now, versions)
 
 log = logging.getLogger("vit_lab.train")
 
 
-# --------------------------------------------------------------------------- config checks
-
-
-def _number(cfg: DictConfig, key: str, kind: type, minimum: float | None = None, strict: bool = True,
-            optional: bool = False) -> Any:
-    """Read a numeric config value, failing with a one-line ConfigError naming the key."""
-    value = OmegaConf.select(cfg, key)
-    if value is None and optional:
-        return None
-    ok_types = (int,) if kind is int else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_types):
-        raise ConfigError(f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise ConfigError(f"{key}={value} must be {'>' if strict else '>='} {minimum}")
-    return value
-
-
-def validate_config(cfg: DictConfig) -> IDXDataset:
-    """Check every value before any data is read or any step is taken; returns the data spec."""
-    for key in ("trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size"):
-        _number(cfg, key, int, 0)
-    _number(cfg, "trainer.seed", int, 0, strict=False)
-    _number(cfg, "trainer.label_smoothing", float, 0, strict=False)
-    if cfg.trainer.label_smoothing >= 1:
-        raise ConfigError(f"trainer.label_smoothing={cfg.trainer.label_smoothing} must be < 1")
-    _number(cfg, "trainer.grad_clip", float, 0, optional=True)
-    _number(cfg, "optimizer.lr", float, 0)
-    if OmegaConf.select(cfg, "optimizer.weight_decay") is not None:
-        _number(cfg, "optimizer.weight_decay", float, 0, strict=False)
-    if cfg.trainer.progress not in ("auto", True, False):
-        raise ConfigError(f"trainer.progress={cfg.trainer.progress!r} must be auto, true or false")
-    for key in ("device.compile", "device.tune_malloc"):
-        value = OmegaConf.select(cfg, key)
-        if value is not None and not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} must be true or false")
-    check_compile_mode(OmegaConf.select(cfg, "device.compile_mode", default="default"))
-    debug.check(cfg.trainer)
-    spec = build(cfg.data, _convert_="all")
-    spec.validate()
-    build(cfg.augment).validate()
-    with torch.device("meta"):  # the model checks its own shape against the data: no memory, no random numbers
-        build(cfg.model, chw=spec.chw, out_d=spec.num_classes)
-    return spec
-
-
 # --------------------------------------------------------------------------- pieces of the loop
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """The model's own optimizer groups (``model.param_groups(weight_decay)``), else one group of everything."""
-    if hasattr(model, "param_groups"):
-        return model.param_groups(weight_decay)
-    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
 
 
 @torch.no_grad()
@@ -174,31 +122,6 @@ class State:
     train_seconds: float = 0.0
 
 
-@dataclass
-class Job:
-    """Everything a run is built from (``setup``)."""
-
-    cfg: DictConfig
-    run: Run
-    device: torch.device
-    model: torch.nn.Module
-    callbacks: Callbacks
-    ckpt: dict | None  # the checkpoint to resume from, dropped once restored
-    ckpt_file: Path | None = None
-    step_model: torch.nn.Module | None = None  # what the steps call: the model, or its compiled form
-    gen: torch.Generator | None = None  # the training order's and augmentation's generator
-    train_batches: Batches | None = None
-    val_batches: Batches | None = None
-    test_batches: Batches | None = None
-    opt: torch.optim.Optimizer | None = None
-    sched: Any = None
-    criterion: torch.nn.Module | None = None
-    profiler: debug.StepProfiler | None = None
-
-    def interrupted(self, signum: int) -> Interrupted:
-        return Interrupted(signum, self.run.dir, saved=bool(self.cfg.trainer.checkpoint))
-
-
 # --------------------------------------------------------------------------- build
 
 
@@ -207,7 +130,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
     spec = validate_config(cfg)
     device = resolve_device(cfg.device.name)
     autocast(device, cfg.device.precision)  # validates the precision name early
-    threads = _number(cfg, "device.threads", int, 0) if cfg.device.threads else None
+    threads = config_number(cfg, "device.threads", int, 0) if cfg.device.threads else None
     configure_process(device, threads, malloc=cfg.device.get("tune_malloc", False))  # 1.05-1.3x on the CPU
     callbacks = Callbacks.from_config(cfg)
     ckpt_file, ckpt = (None, None) if cfg.resume is None else load_checkpoint(cfg.resume)
@@ -223,39 +146,6 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
     build_data(job, spec)
     build_optimizer(job)
     return job
-
-
-def build_data(job: Job, spec: IDXDataset) -> None:
-    """Load the splits (on the accelerator, whole) and cut them into batches; training batches are augmented."""
-    cfg = job.cfg.trainer
-    data = spec.load(seed=cfg.seed)
-    if job.device.type != "cpu":  # keep the whole (uint8) dataset on the accelerator: no per-batch host copies
-        data = type(data)(**{k: v.to(job.device) for k, v in vars(data).items()})
-    data = debug.subset(data, cfg)
-    norm = dict(mean=spec.mean, std=spec.std, normalize=spec.normalize, device=job.device)
-    overfit = bool(cfg.get("overfit_batches"))
-    job.gen = torch.Generator()
-    job.train_batches = Batches(data.train_images, data.train_labels, cfg.batch_size, shuffle=not overfit,
-                                augment=None if overfit else build(job.cfg.augment), generator=job.gen, **norm)
-    job.val_batches = Batches(data.val_images, data.val_labels, cfg.eval_batch_size, **norm)
-    job.test_batches = Batches(data.test_images, data.test_labels, cfg.eval_batch_size, **norm)
-    if len(job.train_batches) == 0:
-        raise ConfigError("data.train_limit leaves no training images; raise data.train_limit or lower data.val_size")
-    log.info("%s with %s parameters on %s; %d train / %d val / %d test images; run dir %s", type(job.model).__name__,
-             f"{job.run.metrics['n_params']:,}", job.device, len(data.train_labels), len(data.val_labels),
-             len(data.test_labels), job.run.dir)
-
-
-def build_optimizer(job: Job) -> None:
-    """The optimizer over the model's own parameter groups, the per-step schedule and the loss."""
-    cfg = job.cfg
-    compiled = cfg.device.compile
-    job.step_model = compile_model(job.model, cfg.device.get("compile_mode", "default")) if compiled else job.model
-    job.opt = build(cfg.optimizer)(param_groups(job.model, cfg.optimizer.get("weight_decay", 0.0) or 0.0))
-    steps = len(job.train_batches)
-    job.sched = build(cfg.scheduler)(job.opt, total_steps=cfg.trainer.epochs * steps, steps_per_epoch=steps)
-    job.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
-    job.profiler = debug.StepProfiler(cfg.trainer.get("profile"), job.run.dir, job.device)
 
 
 # --------------------------------------------------------------------------- restore and save
