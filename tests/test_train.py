@@ -260,7 +260,7 @@ def test_debug_presets(tmp_path):
     assert m["status"] == "completed" and m["epochs_completed"] == 1
     assert not (tmp_path / "fast" / "checkpoint.pt").exists() and not list((tmp_path / "fast").glob("events.*"))
 
-    overfit = run_train(*tiny, "debug=overfit", "trainer.batch_size=16", "trainer.epochs=30", "optimizer.lr=0.01",
+    overfit = run_train(*tiny, "debug=overfit", "trainer.batch_size=16", "trainer.epochs=60", "optimizer.lr=0.01",
                         f"hydra.run.dir={tmp_path / 'overfit'}")
     assert overfit.returncode == 0, overfit.stderr
     history = read(tmp_path / "overfit" / "history.json")
