@@ -6,7 +6,6 @@ run against the data before anything is read, and its optimizer groups, ``model.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,9 @@ from vit_lab import debug
 from vit_lab.callbacks import Callbacks
 from vit_lab.config import build
 from vit_lab.data import Batches, IDXDataset
-from vit_lab.device import check_compile_mode, compile_model
+from vit_lab.device import check_compile_mode
 from vit_lab.errors import ConfigError, Interrupted, UserError
 from vit_lab.records import Run
-
-log = logging.getLogger("vit_lab.train")
-
 
 def config_number(cfg: DictConfig, key: str, kind: type, minimum: float | None = None, strict: bool = True,
                   optional: bool = False) -> Any:
@@ -74,64 +70,58 @@ def validate_config(cfg: DictConfig) -> IDXDataset:
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """The model's own optimizer groups (``model.param_groups(weight_decay)``), else one group of everything."""
-    if hasattr(model, "param_groups"):
-        return model.param_groups(weight_decay)
+    own = getattr(model, "param_groups", None)
+    if callable(own):
+        return own(weight_decay)
     return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
 
 
 @dataclass
 class Job:
-    """Everything a run is built from (``setup``)."""
+    """Everything a run is built from (``vit_lab.train.setup``)."""
 
     cfg: DictConfig
     run: Run
     device: torch.device
     model: torch.nn.Module
+    step_model: torch.nn.Module  # what the steps call: the model, or its compiled form
     callbacks: Callbacks
-    ckpt: dict | None  # the checkpoint to resume from, dropped once restored
+    gen: torch.Generator  # the training order's and augmentation's generator
+    train_batches: Batches
+    val_batches: Batches
+    test_batches: Batches
+    opt: torch.optim.Optimizer
+    sched: Any
+    criterion: torch.nn.Module
+    profiler: debug.StepProfiler
+    ckpt: dict | None = None  # the checkpoint to resume from, dropped once restored
     ckpt_file: Path | None = None
-    step_model: torch.nn.Module | None = None  # what the steps call: the model, or its compiled form
-    gen: torch.Generator | None = None  # the training order's and augmentation's generator
-    train_batches: Batches | None = None
-    val_batches: Batches | None = None
-    test_batches: Batches | None = None
-    opt: torch.optim.Optimizer | None = None
-    sched: Any = None
-    criterion: torch.nn.Module | None = None
-    profiler: debug.StepProfiler | None = None
 
     def interrupted(self, signum: int) -> Interrupted:
         return Interrupted(signum, self.run.dir, saved=bool(self.cfg.trainer.checkpoint))
 
 
-def build_data(job: Job, spec: IDXDataset) -> None:
-    """Load the splits (on the accelerator, whole) and cut them into batches; training batches are augmented."""
-    cfg = job.cfg.trainer
-    data = spec.load(seed=cfg.seed)
-    if job.device.type != "cpu":  # keep the whole (uint8) dataset on the accelerator: no per-batch host copies
-        data = type(data)(**{k: v.to(job.device) for k, v in vars(data).items()})
-    data = debug.subset(data, cfg)
-    norm = dict(mean=spec.mean, std=spec.std, normalize=spec.normalize, device=job.device)
-    overfit = bool(cfg.get("overfit_batches"))
-    job.gen = torch.Generator()
-    job.train_batches = Batches(data.train_images, data.train_labels, cfg.batch_size, shuffle=not overfit,
-                                augment=None if overfit else build(job.cfg.augment), generator=job.gen, **norm)
-    job.val_batches = Batches(data.val_images, data.val_labels, cfg.eval_batch_size, **norm)
-    job.test_batches = Batches(data.test_images, data.test_labels, cfg.eval_batch_size, **norm)
-    if len(job.train_batches) == 0:
+def build_data(cfg: DictConfig, spec: IDXDataset, device: torch.device) -> tuple[torch.Generator, Batches, Batches,
+                                                                              Batches]:
+    """Load the splits (on an accelerator, whole) and cut them into batches; training batches are augmented."""
+    trainer = cfg.trainer
+    data = spec.load(seed=trainer.seed)
+    if device.type != "cpu":  # keep the whole (uint8) dataset on the accelerator: no per-batch host copies
+        data = type(data)(**{k: v.to(device) for k, v in vars(data).items()})
+    data = debug.subset(data, trainer)
+    norm: dict[str, Any] = dict(mean=spec.mean, std=spec.std, normalize=spec.normalize, device=device)
+    overfit = bool(trainer.get("overfit_batches"))
+    gen = torch.Generator()
+    train = Batches(data.train_images, data.train_labels, trainer.batch_size, shuffle=not overfit,
+                    augment=None if overfit else build(cfg.augment), generator=gen, **norm)
+    if len(train) == 0:
         raise ConfigError("data.train_limit leaves no training images; raise data.train_limit or lower data.val_size")
-    log.info("%s with %s parameters on %s; %d train / %d val / %d test images; run dir %s", type(job.model).__name__,
-             f"{job.run.metrics['n_params']:,}", job.device, len(data.train_labels), len(data.val_labels),
-             len(data.test_labels), job.run.dir)
+    return (gen, train, Batches(data.val_images, data.val_labels, trainer.eval_batch_size, **norm),
+            Batches(data.test_images, data.test_labels, trainer.eval_batch_size, **norm))
 
 
-def build_optimizer(job: Job) -> None:
-    """The optimizer over the model's own parameter groups, the per-step schedule and the loss."""
-    cfg = job.cfg
-    compiled = cfg.device.compile
-    job.step_model = compile_model(job.model, cfg.device.get("compile_mode", "default")) if compiled else job.model
-    job.opt = build(cfg.optimizer)(param_groups(job.model, cfg.optimizer.get("weight_decay", 0.0) or 0.0))
-    steps = len(job.train_batches)
-    job.sched = build(cfg.scheduler)(job.opt, total_steps=cfg.trainer.epochs * steps, steps_per_epoch=steps)
-    job.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
-    job.profiler = debug.StepProfiler(cfg.trainer.get("profile"), job.run.dir, job.device)
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimizer over the model's own parameter groups, and its per-step schedule."""
+    opt = build(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0))
+    sched = build(cfg.scheduler)(opt, total_steps=cfg.trainer.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch)
+    return opt, sched

@@ -31,10 +31,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from vit_lab import debug
 from vit_lab.callbacks import Callbacks, StopTraining
 from vit_lab.config import build
 from vit_lab.data import Batches
-from vit_lab.device import autocast, configure_process, resolve_device
+from vit_lab.device import autocast, compile_model, configure_process, resolve_device
 from vit_lab.errors import Diverged, Interrupted, RunDirBusy, RunStopped, UserError
 from vit_lab.io import claim_dir, dir_is_held, release_dir
 from vit_lab.job import Job, build_data, build_optimizer, config_number, param_groups, validate_config  # noqa: F401
@@ -142,10 +143,15 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
     run.write_metrics(device=str(device), versions=versions(), git=git_info(),
                       n_params=sum(p.numel() for p in model.parameters()), model=type(model).__name__,
                       resumed_from=str(ckpt_file) if ckpt_file else None, data_root=str(spec.resolve_root()))
-    job = Job(cfg, run, device, model.to(device), callbacks, ckpt, ckpt_file)
-    build_data(job, spec)
-    build_optimizer(job)
-    return job
+    gen, train, val, test = build_data(cfg, spec, device)
+    log.info("%s with %s parameters on %s; %d train / %d val / %d test images; run dir %s", type(model).__name__,
+             f"{run.metrics['n_params']:,}", device, len(train.labels), len(val.labels), len(test.labels), run_dir)
+    model.to(device)
+    step_model = compile_model(model, cfg.device.get("compile_mode", "default")) if cfg.device.compile else model
+    opt, sched = build_optimizer(cfg, model, len(train))
+    return Job(cfg, run, device, model, step_model, callbacks, gen, train, val, test, opt, sched,
+               torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
+               debug.StepProfiler(cfg.trainer.get("profile"), run_dir, device), ckpt, ckpt_file)
 
 
 # --------------------------------------------------------------------------- restore and save
@@ -166,7 +172,8 @@ def restore(job: Job) -> State:
                   best_val_acc=ckpt["best_val_acc"], best_epoch=ckpt.get("best_epoch"), train_seconds=ckpt["train_seconds"])
     job.run.history = ckpt["history"]
     job.run.write_history()  # the callbacks of a resumed run find the earlier epochs there
-    job.run.carry_best(job.ckpt_file)
+    if job.ckpt_file is not None:
+        job.run.carry_best(job.ckpt_file)
     job.run.write_metrics(epochs_completed=state.epoch, train_seconds=state.train_seconds,
                           best_val_acc=state.best_val_acc, best_epoch=state.best_epoch)
     log.info("resumed from %s at epoch %d, step %d", job.ckpt_file, state.epoch, state.step)
@@ -189,8 +196,8 @@ def fit(job: Job, state: State) -> None:
     """The epoch loop: train an epoch, validate and record it, tell the callbacks; SIGINT/SIGTERM stop at a step."""
     with stop_on_signals() as stop, job.profiler:
         while state.epoch < job.cfg.trainer.epochs:
-            seconds = train_epoch(job, state, stop)
-            record = end_epoch(job, state, seconds)
+            sums = train_epoch(job, state, stop)
+            record = end_epoch(job, state, sums)
             stopped = None
             try:
                 job.callbacks.on_epoch_end(state.epoch, record)
@@ -205,8 +212,8 @@ def fit(job: Job, state: State) -> None:
                 raise job.interrupted(stop["signum"])
 
 
-def train_epoch(job: Job, state: State, stop: dict) -> float:
-    """One epoch of steps, or the rest of one on resume; returns its training seconds."""
+def train_epoch(job: Job, state: State, stop: dict) -> dict:
+    """One epoch of steps, or the rest of one on resume; returns its sums (loss, correct, seen, seconds)."""
     cfg, batches = job.cfg.trainer, job.train_batches
     if state.perm is None or state.step == 0:  # a fresh epoch: its order and augmentation come from (seed, epoch)
         job.gen.manual_seed(cfg.seed * 1_000_003 + state.epoch)
@@ -228,8 +235,7 @@ def train_epoch(job: Job, state: State, stop: dict) -> float:
             job.run.write_metrics(train_seconds=state.train_seconds + state.sums["seconds"])
             raise job.interrupted(stop["signum"])
     bar.close()
-    state.sums = sums.state()
-    return state.sums["seconds"]
+    return sums.state()
 
 
 def train_step(job: Job, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,9 +261,9 @@ def finite_loss(sums: Sums, state: State) -> float:
     return mean
 
 
-def end_epoch(job: Job, state: State, seconds: float) -> dict:
+def end_epoch(job: Job, state: State, sums: dict) -> dict:
     """Validate, then record the epoch: history, best weights and metrics (the checkpoint follows the callbacks)."""
-    sums = state.sums
+    seconds = sums["seconds"]
     val_loss, val_acc = evaluate(job.model, job.val_batches, job.device, job.cfg.device.precision)
     state.epoch, state.step, state.perm, state.sums = state.epoch + 1, 0, None, None
     state.train_seconds += seconds

@@ -37,6 +37,7 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
             out[prefix[:-1]] = node
 
     container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
     walk({k: v for k, v in container.items() if k not in NOT_PARAMS}, "")
     return out
 

@@ -19,7 +19,7 @@ class CSVLogger(Callback):
     def __init__(self, filename: str = FILE) -> None:
         self.filename = filename
         self.rows: list[dict] = []
-        self.path: Path | None = None
+        self.path = Path(filename)
 
     def on_run_start(self, cfg: DictConfig, run_dir: Path, resumed: bool) -> None:
         self.path = Path(run_dir) / self.filename

@@ -49,14 +49,14 @@ class MLflowLogger(Callback):
                               "(or pip install mlflow)") from None
         from vit_lab.sweeps import absolute_storage_url
 
-        self.uri = absolute_storage_url(tracking_uri or "sqlite:///outputs/mlflow.db", launch_folder())
+        self.uri = str(absolute_storage_url(tracking_uri or "sqlite:///outputs/mlflow.db", launch_folder()))
         self.experiment_name, self.artifacts = experiment_name, artifacts
         if self.uri.startswith(("http:", "https:")):  # a logger must not stall training for minutes of retries
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(http_retries))
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(http_timeout))
         self.client: Any = None
         self.run_id: str | None = None
-        self.run_dir: Path | None = None
+        self.run_dir = Path()
         self.logged: set[int] = set()  # epochs already in the MLflow run
 
     def state_dict(self) -> dict:
@@ -124,7 +124,7 @@ class MLflowLogger(Callback):
             tags.update({"mlflow.source.git.commit": git["commit"], "git_dirty": str(git["dirty"])})
         return tags
 
-    def _params(self, cfg: DictConfig, skip: set[str] = frozenset()) -> None:
+    def _params(self, cfg: DictConfig, skip: frozenset[str] | set[str] = frozenset()) -> None:
         from mlflow.entities import Param
 
         params = [Param(k, str(v)[:6000]) for k, v in flat_config(cfg).items() if k not in skip]

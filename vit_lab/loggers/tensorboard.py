@@ -71,7 +71,7 @@ class TensorBoardLogger(Callback):
         for key in ("test_acc", "test_loss"):
             if isinstance(metrics.get(key), (int, float)):
                 self.writer.add_scalar(tag(key), metrics[key], step)
-        if self.hparams:
+        if self.hparams and self.cfg is not None:
             results = {f"hparams/{k}": float(metrics[k]) if isinstance(metrics.get(k), (int, float)) else math.nan
                        for k in RESULTS}
             # run_name=".": the same folder (torch would make a new run in a timestamped subfolder)
