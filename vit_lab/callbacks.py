@@ -5,8 +5,8 @@ the config groups ``conf/callbacks/`` and ``conf/logger/``) and calls, callbacks
 
 - ``on_run_start(cfg, run_dir, resumed)``: once, before the first epoch this process trains. On a resumed run,
   ``run_dir/history.json`` already holds the epochs trained before.
-- ``on_epoch_end(epoch, record)``: after each epoch (1-based), once its record is in ``history.json`` and
-  ``metrics.json``; the epoch's checkpoint is saved after the callbacks, with their state. It may end the run by raising :class:`vit_lab.errors.RunStopped` (Optuna's ``TrialPruned``:
+- ``on_epoch_end(epoch, record)``: after each epoch (1-based), once its record is in ``history.json``; the
+  epoch's checkpoint (with the callbacks' state) and ``metrics.json`` follow, whatever they do. It may end the run by raising :class:`vit_lab.errors.RunStopped` (Optuna's ``TrialPruned``:
   status ``pruned``, no test), or end training early with :class:`StopTraining` (the run tests and completes).
 - ``on_run_end(metrics, status)``: once after ``on_run_start``, on every ending, with the final ``metrics.json``
   content (already written) and ``status``: ``completed``, ``failed``, ``interrupted`` or ``pruned``.

@@ -196,18 +196,15 @@ def fit(job: Job, state: State) -> None:
     """The epoch loop: train an epoch, validate and record it, tell the callbacks; SIGINT/SIGTERM stop at a step."""
     with stop_on_signals() as stop, job.profiler:
         while state.epoch < job.cfg.trainer.epochs:
-            sums = train_epoch(job, state, stop)
-            record = end_epoch(job, state, sums)
-            stopped = None
+            record = end_epoch(job, state, train_epoch(job, state, stop))
             try:
                 job.callbacks.on_epoch_end(state.epoch, record)
             except StopTraining as e:
-                stopped = e
-            job.run.save_checkpoint(checkpoint(job, state))  # after the callbacks: it holds their state too
-            if stopped is not None:
-                log.info("stopped after epoch %d: %s", state.epoch, stopped)
-                job.run.write_metrics(stopped_early=str(stopped))
+                log.info("stopped after epoch %d: %s", state.epoch, e)
+                job.run.metrics["stopped_early"] = str(e)
                 return
+            finally:  # whatever the callbacks said, the epoch is saved, with their state
+                save_epoch(job, state)
             if stop["signum"] is not None:
                 raise job.interrupted(stop["signum"])
 
@@ -262,7 +259,7 @@ def finite_loss(sums: Sums, state: State) -> float:
 
 
 def end_epoch(job: Job, state: State, sums: dict) -> dict:
-    """Validate, then record the epoch: history, best weights and metrics (the checkpoint follows the callbacks)."""
+    """Validate, then record the epoch in the history and, when validation improved, its weights in best.pt."""
     seconds = sums["seconds"]
     val_loss, val_acc = evaluate(job.model, job.val_batches, job.device, job.cfg.device.precision)
     state.epoch, state.step, state.perm, state.sums = state.epoch + 1, 0, None, None
@@ -275,9 +272,14 @@ def end_epoch(job: Job, state: State, sums: dict) -> dict:
     if math.isfinite(val_acc) and not (val_acc <= state.best_val_acc):  # NaN-safe max
         state.best_val_acc, state.best_epoch = val_acc, state.epoch
         job.run.save_best(job.model, state.epoch, val_acc)
-    job.run.write_metrics(epochs_completed=state.epoch, best_val_acc=state.best_val_acc, best_epoch=state.best_epoch,
-                          val_acc=val_acc, train_seconds=state.train_seconds)
     return record
+
+
+def save_epoch(job: Job, state: State) -> None:
+    """The epoch's checkpoint, then metrics.json: written in this order, metrics.json is never ahead of it."""
+    job.run.save_checkpoint(checkpoint(job, state))
+    job.run.write_metrics(epochs_completed=state.epoch, best_val_acc=state.best_val_acc, best_epoch=state.best_epoch,
+                          val_acc=job.run.history[-1]["val_acc"], train_seconds=state.train_seconds)
 
 
 def test(job: Job, state: State) -> None:
