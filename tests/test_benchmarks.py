@@ -210,3 +210,13 @@ def test_sweep_throughput_runs_each_mode_on_a_micro_budget():
         assert 0 < r["busy_share"] <= 1 and r["trials_per_hour"] > 0
         assert (r["batch_wait_share"] > 0) == (r["mode"] == "joblib")  # only batches make a slot wait
     assert [r["workers"] for r in result["runs"]] == [1, 2, 1]
+
+
+def test_logging_overhead_micro_budget():
+    from benchmarks import logging_overhead
+
+    r = logging_overhead.main(["--loggers", "csv", "tensorboard", "--epochs", "2", "--rounds", "1", "--steps", "1",
+                               "--no-save"])  # mlflow's store creation alone takes seconds; test_loggers covers it
+    assert set(r["loggers"]) == {"tensorboard", "csv"} and r["default_epoch_seconds"] > 0
+    for v in r["loggers"].values():
+        assert 0 < v["per_epoch_seconds"] < v["one_off_seconds"] + 1 and 0 < v["per_epoch_share"] < 1

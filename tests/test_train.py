@@ -145,3 +145,129 @@ def test_relative_data_root_works_from_another_folder(tmp_path):
     proc = run_train(*TINY, "trainer.epochs=1", "hydra.run.dir=run", cwd=work, env={"VIT_LAB_DATA": rel})
     assert proc.returncode == 0, proc.stderr
     assert read(work / "run" / "metrics.json")["data_root"] == str(data_root().resolve())
+
+
+# --------------------------------------------------------------------------- structure (issue 13)
+
+
+class TinyMLP(torch.nn.Module):
+    """A model config with no ViT keys: the trainer needs only `_target_`, `chw` and `out_d`."""
+
+    def __init__(self, chw=(1, 28, 28), out_d=10, width=32):
+        super().__init__()
+        c, h, w = chw
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(c * h * w, width), torch.nn.ReLU(),
+                                       torch.nn.Linear(width, out_d))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf")):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def _groups() -> dict[str, list[str]]:
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    return {g: sorted(p.stem for p in (conf / g).glob("*.yaml"))
+            for g in ("model", "data", "augment", "optimizer", "scheduler", "device", "trainer", "callbacks", "logger",
+                      "experiment", "debug")}
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in _groups().items() for o in opts])
+def test_every_group_option_composes_validates_and_builds_its_callbacks(group, option):
+    from vit_lab.callbacks import Callbacks
+    from vit_lab.train import validate_config
+
+    cfg = compose(f"{group}={option}")
+    validate_config(cfg)
+    names = [name for name, _, _ in Callbacks.from_config(cfg).entries]
+    if group == "logger":
+        expected = {"none": [], "many": ["tensorboard", "mlflow", "csv"]}.get(option, [option])
+        assert names == [f"logger.{n}" for n in expected]
+
+
+def test_the_trainer_needs_no_vit_keys(mnist_root, tmp_path, monkeypatch):
+    """model=cnn and a toy model with nothing but its own keys train through the same code, in debug=fast."""
+    import vit_lab.config
+    from omegaconf import OmegaConf, open_dict
+
+    from conftest import one_epoch_cfg
+    from vit_lab.train import Job, param_groups, setup, train
+
+    monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
+    monkeypatch.setattr(vit_lab.config, "TRUSTED_TARGETS", (*vit_lab.config.TRUSTED_TARGETS, f"{__name__}.*"))
+    cfg = one_epoch_cfg("debug=fast")
+    with open_dict(cfg):
+        cfg.model = OmegaConf.create({"_target_": f"{__name__}.TinyMLP", "width": 24})
+    train(cfg, tmp_path / "toy")
+    m = read(tmp_path / "toy" / "metrics.json")
+    assert m["status"] == "completed" and m["model"] == "TinyMLP" and m["n_params"] == 784 * 24 + 24 + 24 * 10 + 10
+    assert len(param_groups(TinyMLP(), 0.1)) == 1  # no groups of its own: everything decays alike
+
+    cnn = setup(compose("model=cnn", "debug=fast", "data.val_size=512"), tmp_path / "cnn")
+    assert isinstance(cnn, Job) and len(cnn.train_batches) == len(cnn.test_batches) == 3
+    assert len(cnn.val_batches) == 1  # 512 images, batches of 1000
+    decays = [g["weight_decay"] for g in cnn.opt.param_groups]
+    assert decays == [0.05, 0.0] and all(p.ndim == 4 or p.ndim == 2 for p in cnn.opt.param_groups[0]["params"])
+
+
+def test_best_weights_follow_validation_and_survive_resume(mnist_root, tmp_path, monkeypatch):
+    from conftest import one_epoch_cfg
+    from vit_lab.train import train
+
+    monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
+    base = ("trainer.epochs=2", "trainer.checkpoint=true", "logger=none")
+    train(one_epoch_cfg(*base), tmp_path / "a")
+    history = read(tmp_path / "a" / "history.json")
+    best = torch.load(tmp_path / "a" / "best.pt", weights_only=True)
+    top = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))  # the first epoch reaching the best
+    assert (best["epoch"], best["val_acc"]) == (top["epoch"], top["val_acc"])
+    assert read(tmp_path / "a" / "metrics.json")["best_epoch"] == top["epoch"]
+    if top["epoch"] == 2:
+        last = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
+        assert all(torch.equal(best["model"][k], last[k]) for k in last)
+
+    train(one_epoch_cfg(*base[1:], "trainer.epochs=3", f"resume={tmp_path / 'a'}"), tmp_path / "b")
+    history = read(tmp_path / "b" / "history.json")
+    resumed = torch.load(tmp_path / "b" / "best.pt", weights_only=True)
+    top = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))
+    assert (resumed["epoch"], resumed["val_acc"]) == (top["epoch"], top["val_acc"])
+    if top["epoch"] <= 2:  # carried over from the first folder
+        assert all(torch.equal(resumed["model"][k], best["model"][k]) for k in best["model"])
+
+
+def test_metrics_record_the_git_commit_of_the_checkout(tmp_path):
+    import subprocess
+
+    proc = run_train(*TINY, "debug=fast", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                capture_output=True, text=True).stdout.strip())
+    assert read(tmp_path / "metrics.json")["git"] == {"commit": head, "dirty": dirty}
+
+
+def test_debug_presets(tmp_path):
+    tiny = [o for o in TINY if not o.startswith("trainer.epochs")]  # the presets set the epochs
+    fast = run_train(*tiny, "debug=fast", f"hydra.run.dir={tmp_path / 'fast'}")
+    assert fast.returncode == 0, fast.stderr
+    m = read(tmp_path / "fast" / "metrics.json")
+    assert m["status"] == "completed" and m["epochs_completed"] == 1
+    assert not (tmp_path / "fast" / "checkpoint.pt").exists() and not list((tmp_path / "fast").glob("events.*"))
+
+    overfit = run_train(*tiny, "debug=overfit", "trainer.batch_size=16", "trainer.epochs=60", "optimizer.lr=0.01",
+                        f"hydra.run.dir={tmp_path / 'overfit'}")
+    assert overfit.returncode == 0, overfit.stderr
+    history = read(tmp_path / "overfit" / "history.json")
+    assert history[-1]["train_loss"] < 0.05 < history[0]["train_loss"] and history[-1]["val_acc"] == 1.0
+
+    profile = run_train(*tiny, "debug=profile", f"hydra.run.dir={tmp_path / 'profile'}")
+    assert profile.returncode == 0, profile.stderr
+    traces = list((tmp_path / "profile" / "profile").glob("*.pt.trace.json"))
+    assert len(traces) == 1 and json.loads(traces[0].read_text())["traceEvents"]
+    assert "aten::" in (tmp_path / "profile" / "profile" / "summary.txt").read_text()

@@ -18,6 +18,7 @@ import os
 import re
 from typing import Any
 
+from vit_lab.callbacks import Callback
 from vit_lab.errors import RunStopped
 
 # Sweeper-written keys of a trial's user attributes (visible in optuna-dashboard).
@@ -73,7 +74,7 @@ class TrialPruned(RunStopped):
         return type(self), (str(self),)
 
 
-class OptunaTrialCallback:
+class OptunaTrialCallback(Callback):
     """Epoch callback of a sweep job: report ``metric`` to the job's Optuna trial, stop the run when the pruner says so.
 
     A no-op outside a ``vit_optuna`` sweep, and for multi-objective studies (Optuna prunes single objectives only).

@@ -4,8 +4,10 @@
     python -m vit_lab.train model.n_heads=4      # any value can be overridden
     python -m vit_lab.train resume=outputs/runs/2026-11-27/10-00-00   # continue a run
 
-One readable loop. The run directory gets `metrics.json`, `history.json` and `checkpoint.pt`, each
-written atomically, so a killed run always leaves readable files and can be resumed.
+``train()`` reads top to bottom: setup (config check, device, callbacks and loggers, model, data, optimizer,
+schedule) -> restore (from ``resume``) -> fit (the epoch loop) -> test -> finish, with the callbacks told when the
+run starts, after each epoch and how it ended. The run directory's files (``vit_lab.records``) are written
+atomically, so a killed run always leaves readable files and can be resumed.
 """
 
 from __future__ import annotations
@@ -13,103 +15,37 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
 import signal
-import socket
 import sys
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import hydra
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from vit_lab.config import build
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from vit_lab.data import Batches, IDXDataset
-from vit_lab.device import autocast, check_compile_mode, compile_model, configure_process, resolve_device
-from vit_lab.errors import ConfigError, Diverged, Interrupted, RunDirBusy, RunStopped, UserError
-from vit_lab.io import atomic_write, claim_dir, dir_is_held, read_json, release_dir, write_json
-from vit_lab.models.vit import check_vit_shape
+from vit_lab import debug
+from vit_lab.callbacks import Callbacks, StopTraining
+from vit_lab.config import build
+from vit_lab.data import Batches
+from vit_lab.device import autocast, compile_model, configure_process, resolve_device
+from vit_lab.errors import Diverged, Interrupted, RunDirBusy, RunStopped, UserError
+from vit_lab.io import claim_dir, dir_is_held, release_dir
+from vit_lab.job import Job, build_data, build_optimizer, config_number, param_groups, validate_config  # noqa: F401
+from vit_lab.records import (BEST, CHECKPOINT, HISTORY, METRICS, Run, check_compatible, finish_with_error,  # noqa: F401
+                             git_info, load_checkpoint, now, versions)
 
 log = logging.getLogger("vit_lab.train")
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.json"
-HISTORY = "history.json"
-
-
-# --------------------------------------------------------------------------- config checks
-
-
-def _number(cfg: DictConfig, key: str, kind: type, minimum: float | None = None, strict: bool = True,
-            optional: bool = False) -> Any:
-    """Read a numeric config value, failing with a one-line ConfigError naming the key."""
-    value = OmegaConf.select(cfg, key)
-    if value is None and optional:
-        return None
-    ok_types = (int,) if kind is int else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_types):
-        raise ConfigError(f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise ConfigError(f"{key}={value} must be {'>' if strict else '>='} {minimum}")
-    return value
-
-
-def validate_config(cfg: DictConfig) -> IDXDataset:
-    """Check every value before any data is read or any step is taken; returns the data spec."""
-    _number(cfg, "trainer.epochs", int, 0)
-    _number(cfg, "trainer.batch_size", int, 0)
-    _number(cfg, "trainer.eval_batch_size", int, 0)
-    _number(cfg, "trainer.seed", int, 0, strict=False)
-    _number(cfg, "trainer.label_smoothing", float, 0, strict=False)
-    if cfg.trainer.label_smoothing >= 1:
-        raise ConfigError(f"trainer.label_smoothing={cfg.trainer.label_smoothing} must be < 1")
-    _number(cfg, "trainer.grad_clip", float, 0, optional=True)
-    _number(cfg, "optimizer.lr", float, 0)
-    if OmegaConf.select(cfg, "optimizer.weight_decay") is not None:
-        _number(cfg, "optimizer.weight_decay", float, 0, strict=False)
-    if cfg.trainer.progress not in ("auto", True, False):
-        raise ConfigError(f"trainer.progress={cfg.trainer.progress!r} must be auto, true or false")
-    for key in ("device.compile", "device.tune_malloc"):
-        value = OmegaConf.select(cfg, key)
-        if value is not None and not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} must be true or false")
-    check_compile_mode(OmegaConf.select(cfg, "device.compile_mode", default="default"))
-
-    spec = build(cfg.data, _convert_="all")
-    spec.validate()
-    build(cfg.augment).validate()
-    if "patch_size" in cfg.model:  # a ViT: check the shape against the data before building anything
-        for key in ("depth", "hidden_d", "n_heads"):
-            _number(cfg, f"model.{key}", int, 0)
-        _number(cfg, "model.mlp_ratio", float, 0)
-        _number(cfg, "model.dropout", float, 0, strict=False)
-        ps = cfg.model.patch_size
-        if not (isinstance(ps, int) and not isinstance(ps, bool)) and not OmegaConf.is_list(ps):
-            raise ConfigError(f"model.patch_size={ps!r} must be an integer")
-        check_vit_shape(spec.chw, ps, cfg.model.hidden_d, cfg.model.n_heads, cfg.model.depth, cfg.model.mlp_ratio)
-    return spec
-
 
 # --------------------------------------------------------------------------- pieces of the loop
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay weight matrices only: decaying norms, biases and embeddings hurts small ViTs."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_matrix = p.ndim >= 2 and "pos_embed" not in name and "class_token" not in name
-        (decay if is_matrix else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 @torch.no_grad()
@@ -152,76 +88,237 @@ def stop_on_signals() -> Iterator[dict]:
             signal.signal(sig, old)
 
 
-def versions() -> dict[str, str]:
-    import hydra as _hydra
-    import optuna
-    import torchvision
+class Sums:
+    """An epoch's running loss, correct predictions, images and seconds; on the device, so steps never sync."""
 
-    from vit_lab import __version__
+    def __init__(self, device: torch.device, saved: dict | None = None) -> None:
+        saved = saved or {"loss": 0.0, "correct": 0, "seen": 0}
+        self.loss = torch.tensor(saved["loss"], device=device, dtype=torch.float64)
+        self.correct = torch.tensor(saved["correct"], device=device)
+        self.seen, self.before, self.tic = saved["seen"], saved.get("seconds", 0.0), time.perf_counter()
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "hydra": _hydra.__version__, "optuna": optuna.__version__, "vit_lab": __version__}
+    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss += loss.detach() * len(y)
+        self.correct += (out.argmax(dim=1) == y).sum()
+        self.seen += len(y)
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.tic
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of a partial epoch, so the resumed epoch reports the same losses and time."""
+        return {"loss": self.loss.item(), "correct": int(self.correct.item()), "seen": self.seen, "seconds": self.seconds()}
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
-    """Find and read a checkpoint (a run directory or the file itself), with errors a user can act on."""
-    path = Path(path)
-    file = path / CHECKPOINT if path.is_dir() else path
-    if not file.is_file():
-        raise ConfigError(f"resume={path}: no checkpoint found at {file}; point resume at a run directory or its {CHECKPOINT}")
+@dataclass
+class State:
+    """Where training stands: what ``checkpoint.pt`` saves and ``resume`` restores (besides the weights)."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps done in the current epoch
+    perm: torch.Tensor | None = None  # the current epoch's sample order
+    sums: dict | None = None  # the current epoch's partial Sums
+    best_val_acc: float = float("nan")
+    best_epoch: int | None = None
+    train_seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- build
+
+
+def setup(cfg: DictConfig, run_dir: Path) -> Job:
+    """Check the config, then build the device, callbacks, model, run record, data, optimizer and schedule."""
+    spec = validate_config(cfg)
+    device = resolve_device(cfg.device.name)
+    autocast(device, cfg.device.precision)  # validates the precision name early
+    threads = config_number(cfg, "device.threads", int, 0) if cfg.device.threads else None
+    configure_process(device, threads, malloc=cfg.device.get("tune_malloc", False))  # 1.05-1.3x on the CPU
+    callbacks = Callbacks.from_config(cfg)
+    ckpt_file, ckpt = (None, None) if cfg.resume is None else load_checkpoint(cfg.resume)
+    torch.manual_seed(cfg.trainer.seed)
+    model = build(cfg.model, chw=spec.chw, out_d=spec.num_classes)
+    if ckpt is not None:
+        check_compatible(model, ckpt["model"], Path(cfg.resume))
+    run = Run(run_dir, cfg)
+    run.write_metrics(device=str(device), versions=versions(), git=git_info(),
+                      n_params=sum(p.numel() for p in model.parameters()), model=type(model).__name__,
+                      resumed_from=str(ckpt_file) if ckpt_file else None, data_root=str(spec.resolve_root()))
+    gen, train, val, test = build_data(cfg, spec, device)
+    log.info("%s with %s parameters on %s; %d train / %d val / %d test images; run dir %s", type(model).__name__,
+             f"{run.metrics['n_params']:,}", device, len(train.labels), len(val.labels), len(test.labels), run_dir)
+    model.to(device)
+    step_model = compile_model(model, cfg.device.get("compile_mode", "default")) if cfg.device.compile else model
+    opt, sched = build_optimizer(cfg, model, len(train))
+    return Job(cfg, run, device, model, step_model, callbacks, gen, train, val, test, opt, sched,
+               torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
+               debug.StepProfiler(cfg.trainer.get("profile"), run_dir, device), ckpt, ckpt_file)
+
+
+# --------------------------------------------------------------------------- restore and save
+
+
+def restore(job: Job) -> State:
+    """A fresh start, or the state of ``cfg.resume``'s checkpoint: weights, optimizer, schedule, order, RNG."""
+    ckpt, job.ckpt = job.ckpt, None
+    if ckpt is None:
+        return State()
+    job.model.load_state_dict(ckpt["model"])
+    job.opt.load_state_dict(ckpt["optimizer"])
+    job.sched.load_state_dict(ckpt["scheduler"])
+    job.gen.set_state(ckpt["gen_state"])
+    torch.set_rng_state(ckpt["rng_state"])
+    job.callbacks.load_state_dict(ckpt.get("callbacks", {}))
+    state = State(epoch=ckpt["epoch"], step=ckpt["step"], perm=ckpt["perm"], sums=ckpt["sums"],
+                  best_val_acc=ckpt["best_val_acc"], best_epoch=ckpt.get("best_epoch"), train_seconds=ckpt["train_seconds"])
+    job.run.history = ckpt["history"]
+    job.run.write_history()  # the callbacks of a resumed run find the earlier epochs there
+    if job.ckpt_file is not None:
+        job.run.carry_best(job.ckpt_file)
+    job.run.write_metrics(epochs_completed=state.epoch, train_seconds=state.train_seconds,
+                          best_val_acc=state.best_val_acc, best_epoch=state.best_epoch)
+    log.info("resumed from %s at epoch %d, step %d", job.ckpt_file, state.epoch, state.step)
+    return state
+
+
+def checkpoint(job: Job, state: State) -> dict:
+    """Everything ``restore`` needs to continue exactly from this step."""
+    return {"model": job.model.state_dict(), "optimizer": job.opt.state_dict(), "scheduler": job.sched.state_dict(),
+            "epoch": state.epoch, "step": state.step, "perm": state.perm, "sums": state.sums,
+            "gen_state": job.gen.get_state(), "rng_state": torch.get_rng_state(), "history": job.run.history,
+            "best_val_acc": state.best_val_acc, "best_epoch": state.best_epoch, "train_seconds": state.train_seconds,
+            "callbacks": job.callbacks.state_dict(), "config": OmegaConf.to_container(job.cfg, resolve=True)}
+
+
+# --------------------------------------------------------------------------- fit, test, finish
+
+
+def fit(job: Job, state: State) -> None:
+    """The epoch loop: train an epoch, validate and record it, tell the callbacks; SIGINT/SIGTERM stop at a step."""
+    with stop_on_signals() as stop, job.profiler:
+        while state.epoch < job.cfg.trainer.epochs:
+            record = end_epoch(job, state, train_epoch(job, state, stop))
+            try:
+                job.callbacks.on_epoch_end(state.epoch, record)
+            except StopTraining as e:
+                log.info("stopped after epoch %d: %s", state.epoch, e)
+                job.run.metrics["stopped_early"] = str(e)
+                return
+            finally:  # whatever the callbacks said, the epoch is saved, with their state
+                save_epoch(job, state)
+            if stop["signum"] is not None:
+                raise job.interrupted(stop["signum"])
+
+
+def train_epoch(job: Job, state: State, stop: dict) -> dict:
+    """One epoch of steps, or the rest of one on resume; returns its sums (loss, correct, seen, seconds)."""
+    cfg, batches = job.cfg.trainer, job.train_batches
+    if state.perm is None or state.step == 0:  # a fresh epoch: its order and augmentation come from (seed, epoch)
+        job.gen.manual_seed(cfg.seed * 1_000_003 + state.epoch)
+        state.perm, state.step, state.sums = batches.permutation(), 0, None
+    sums = Sums(job.device, state.sums)
+    job.model.train()
+    bar = tqdm(total=len(batches), initial=state.step, desc=f"epoch {state.epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not (sys.stderr.isatty() if cfg.progress == "auto" else cfg.progress), dynamic_ncols=True)
+    for x, y in batches.iter_from(state.step, state.perm):
+        sums.add(*train_step(job, x, y), y)
+        state.step += 1
+        if state.step % 25 == 0 or state.step == len(batches):
+            bar.set_postfix(loss=f"{finite_loss(sums, state):.4f}", refresh=False)
+        bar.update()
+        job.profiler.step()
+        if stop["signum"] is not None:  # the partial epoch goes into the checkpoint
+            state.sums = sums.state()
+            job.run.save_checkpoint(checkpoint(job, state))
+            job.run.write_metrics(train_seconds=state.train_seconds + state.sums["seconds"])
+            raise job.interrupted(stop["signum"])
+    bar.close()
+    return sums.state()
+
+
+def train_step(job: Job, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss, backward, optional clipping, optimizer and schedule step; returns (loss, logits)."""
+    with autocast(job.device, job.cfg.device.precision):
+        out = job.step_model(x)
+        loss = job.criterion(out.float(), y)
+    job.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if job.cfg.trainer.grad_clip:
+        torch.nn.utils.clip_grad_norm_(job.model.parameters(), job.cfg.trainer.grad_clip)
+    job.opt.step()
+    job.sched.step()
+    return loss, out
+
+
+def finite_loss(sums: Sums, state: State) -> float:
+    """The epoch's mean loss so far; a NaN or infinite one stops the run (checked every 25 steps)."""
+    mean = sums.loss.item() / sums.seen
+    if not math.isfinite(mean):
+        raise Diverged(f"training loss became {mean} at epoch {state.epoch + 1}, step {state.step}; "
+                       "lower optimizer.lr or set trainer.grad_clip")
+    return mean
+
+
+def end_epoch(job: Job, state: State, sums: dict) -> dict:
+    """Validate, then record the epoch in the history and, when validation improved, its weights in best.pt."""
+    seconds = sums["seconds"]
+    val_loss, val_acc = evaluate(job.model, job.val_batches, job.device, job.cfg.device.precision)
+    state.epoch, state.step, state.perm, state.sums = state.epoch + 1, 0, None, None
+    state.train_seconds += seconds
+    record = {"epoch": state.epoch, "train_loss": sums["loss"] / sums["seen"], "train_acc": sums["correct"] / sums["seen"],
+              "val_loss": val_loss, "val_acc": val_acc, "lr": job.opt.param_groups[0]["lr"],
+              "images_per_second": sums["seen"] / seconds, "epoch_seconds": seconds,
+              "train_seconds": state.train_seconds}
+    job.run.add_epoch(record)
+    if math.isfinite(val_acc) and not (val_acc <= state.best_val_acc):  # NaN-safe max
+        state.best_val_acc, state.best_epoch = val_acc, state.epoch
+        job.run.save_best(job.model, state.epoch, val_acc)
+    return record
+
+
+def save_epoch(job: Job, state: State) -> None:
+    """The epoch's checkpoint, then metrics.json: written in this order, metrics.json is never ahead of it."""
+    job.run.save_checkpoint(checkpoint(job, state))
+    job.run.write_metrics(epochs_completed=state.epoch, best_val_acc=state.best_val_acc, best_epoch=state.best_epoch,
+                          val_acc=job.run.history[-1]["val_acc"], train_seconds=state.train_seconds)
+
+
+def test(job: Job, state: State) -> None:
+    """Evaluate the test set once, with the last weights, and record the completed run."""
+    test_loss, test_acc = evaluate(job.model, job.test_batches, job.device, job.cfg.device.precision)
+    images = len(job.train_batches.labels) * len(job.run.history)  # every epoch sees every training image once
+    job.run.write_metrics(status="completed", finished=now(), test_acc=test_acc, test_loss=test_loss,
+                          best_val_acc=state.best_val_acc, train_images_per_second=images / max(state.train_seconds, 1e-9))
+    log.info("test_acc %.2f%% test_loss %.4f best_val_acc %.2f%% train %.1fs; results in %s",
+             100 * test_acc, test_loss, 100 * state.best_val_acc, state.train_seconds, job.run.dir)
+
+
+def ending(e: BaseException) -> tuple[str, str]:
+    """The status and reason an exception ends a run with."""
+    if isinstance(e, (Interrupted, KeyboardInterrupt)):
+        return "interrupted", str(e) or "interrupted"
+    if isinstance(e, RunStopped):
+        return e.status, str(e)
+    return "failed", str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+
+
+@contextmanager
+def running(job: Job) -> Iterator[None]:
+    """Tell the callbacks the run starts and, whatever ends it, how it ended (recorded in metrics.json first)."""
     try:
-        return file, torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise ConfigError(f"resume={path}: {file} is not a readable checkpoint ({type(e).__name__}); start a fresh run") from None
-
-
-def check_compatible(model: torch.nn.Module, state: dict, where: Path) -> None:
-    """A checkpoint of another architecture names the mismatching keys instead of a torch traceback."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = [f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
-                for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if items]
-    if problems:
-        raise ConfigError(f"resume={where} holds a different architecture ({'; '.join(problems)}); "
-                          "use the original run's model overrides")
+        job.callbacks.on_run_start(job.cfg, job.run.dir, job.ckpt_file is not None)
+        yield
+    except BaseException as e:
+        status, reason = ending(e)
+        job.run.write_metrics(status=status, reason=reason, finished=now())
+        try:
+            job.callbacks.on_run_end(job.run.metrics, status)
+        except Exception as hook_error:  # noqa: BLE001 - the run's own error is the one to report
+            log.warning("a callback failed while the run ended (%s: %s)", type(hook_error).__name__, hook_error)
+        raise
+    job.callbacks.on_run_end(job.run.metrics, "completed")
 
 
 # --------------------------------------------------------------------------- the run
-
-
-class Run:
-    """The run directory's files: metrics, history and checkpoint, always written atomically (the caller, train(),
-    holds the directory's lock)."""
-
-    def __init__(self, run_dir: Path, cfg: DictConfig) -> None:
-        self.dir = run_dir
-        self.cfg = cfg
-        for name in (CHECKPOINT, METRICS, HISTORY):  # temp files of a writer killed in this directory before
-            for stale in self.dir.glob(f".{name}.*.tmp"):
-                stale.unlink(missing_ok=True)
-        self.metrics: dict[str, Any] = {
-            "status": "running",
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "epochs": cfg.trainer.epochs,
-            "epochs_completed": 0,
-        }
-        self.history: list[dict] = []
-
-    def write_metrics(self, **updates: Any) -> None:
-        self.metrics.update(updates)
-        write_json(self.dir / METRICS, self.metrics)
-
-    def write_history(self) -> None:
-        write_json(self.dir / HISTORY, self.history)
-
-    def save_checkpoint(self, state: dict) -> None:
-        if self.cfg.trainer.checkpoint:
-            atomic_write(self.dir / CHECKPOINT, lambda f: torch.save(state, f), mode="wb")
 
 
 def claim_run_dir(run_dir: Path) -> bool:
@@ -247,165 +344,18 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
     took = claim_run_dir(run_dir)
     try:
-        return _fit(cfg, run_dir)
+        job = setup(cfg, run_dir)
+        state = restore(job)
+        with running(job):
+            fit(job, state)
+            test(job, state)
+        return float(state.best_val_acc)
     finally:
         if took:
             release_dir(run_dir)
 
 
-def _fit(cfg: DictConfig, run_dir: Path) -> float:
-    spec = validate_config(cfg)
-    device = resolve_device(cfg.device.name)
-    precision = cfg.device.precision
-    autocast(device, precision)  # validates the precision name early
-    threads = _number(cfg, "device.threads", int, 0) if cfg.device.threads else None
-    configure_process(device, threads, malloc=cfg.device.get("tune_malloc", False))  # 1.05-1.3x on the CPU
-    hooks: list[Callable[[int, dict], None]] = [build(c) for c in (cfg.get("callbacks") or {}).values()]
-
-    ckpt_file, ckpt = (None, None) if cfg.resume is None else load_checkpoint(cfg.resume)
-    seed = cfg.trainer.seed
-    torch.manual_seed(seed)
-    model = build(cfg.model, chw=spec.chw, out_d=spec.num_classes)
-    if ckpt is not None:
-        check_compatible(model, ckpt["model"], Path(cfg.resume))
-
-    run = Run(run_dir, cfg)
-    run.write_metrics(device=str(device), versions=versions(), n_params=sum(p.numel() for p in model.parameters()),
-                      model=type(model).__name__, resumed_from=str(ckpt_file) if ckpt_file else None,
-                      data_root=str(spec.resolve_root()))
-    data = spec.load(seed=seed)
-    if device.type != "cpu":  # keep the whole (uint8) dataset on the accelerator: no per-batch host copies
-        data = type(data)(**{k: v.to(device) for k, v in vars(data).items()})
-    model.to(device)
-    step_model = compile_model(model, cfg.device.get("compile_mode", "default")) if cfg.device.compile else model
-
-    opt = build(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0))
-    norm = dict(mean=spec.mean, std=spec.std, normalize=spec.normalize, device=device)
-    gen = torch.Generator()
-    train_batches = Batches(data.train_images, data.train_labels, cfg.trainer.batch_size, shuffle=True,
-                            augment=build(cfg.augment), generator=gen, **norm)
-    val_batches = Batches(data.val_images, data.val_labels, cfg.trainer.eval_batch_size, **norm)
-    test_batches = Batches(data.test_images, data.test_labels, cfg.trainer.eval_batch_size, **norm)
-    if len(train_batches) == 0:
-        raise ConfigError("data.train_limit leaves no training images; raise data.train_limit or lower data.val_size")
-    epochs, steps_per_epoch = cfg.trainer.epochs, len(train_batches)
-    sched = build(cfg.scheduler)(opt, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
-
-    start_epoch, start_step, perm, sums = 0, 0, None, None
-    best_val_acc, train_seconds = float("nan"), 0.0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        start_epoch, start_step, perm = ckpt["epoch"], ckpt["step"], ckpt["perm"]
-        sums = ckpt["sums"]
-        gen.set_state(ckpt["gen_state"])
-        torch.set_rng_state(ckpt["rng_state"])
-        run.history, best_val_acc, train_seconds = ckpt["history"], ckpt["best_val_acc"], ckpt["train_seconds"]
-        run.write_metrics(epochs_completed=start_epoch, train_seconds=train_seconds)
-        log.info("resumed from %s at epoch %d, step %d", ckpt_file, start_epoch, start_step)
-
-    def checkpoint_state(epoch: int, step: int, perm: torch.Tensor | None, sums: dict | None) -> dict:
-        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "epoch": epoch, "step": step, "perm": perm, "sums": sums, "gen_state": gen.get_state(),
-                "rng_state": torch.get_rng_state(), "history": run.history, "best_val_acc": best_val_acc,
-                "train_seconds": train_seconds, "config": OmegaConf.to_container(cfg, resolve=True)}
-
-    show_bar = sys.stderr.isatty() if cfg.trainer.progress == "auto" else bool(cfg.trainer.progress)
-    n_train = len(data.train_labels)
-    log.info("%s with %s parameters on %s; %d train / %d val / %d test images; run dir %s",
-             type(model).__name__, f"{run.metrics['n_params']:,}", device, n_train, len(data.val_labels),
-             len(data.test_labels), run_dir)
-
-    with stop_on_signals() as stop:
-        for epoch in range(start_epoch, epochs):
-            if perm is None or start_step == 0:  # a fresh epoch: its order and augmentation come from (seed, epoch)
-                gen.manual_seed(seed * 1_000_003 + epoch)
-                perm, start_step, sums = train_batches.permutation(), 0, None
-            sums = sums or {"loss": 0.0, "correct": 0, "seen": 0}
-            loss_sum = torch.tensor(sums["loss"], device=device, dtype=torch.float64)
-            correct = torch.tensor(sums["correct"], device=device)
-            seen, epoch_before = sums["seen"], sums.get("seconds", 0.0)
-            model.train()
-            tic = time.perf_counter()
-            bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{epochs}",
-                       disable=not show_bar, leave=False, dynamic_ncols=True)
-            step = start_step
-            for step, (x, y) in enumerate(train_batches.iter_from(start_step, perm), start=start_step + 1):
-                with autocast(device, precision):
-                    out = step_model(x)
-                    loss = criterion(out.float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.trainer.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
-                opt.step()
-                sched.step()
-                loss_sum += loss.detach() * len(y)
-                correct += (out.argmax(dim=1) == y).sum()
-                seen += len(y)
-                if step % 25 == 0 or step == steps_per_epoch:
-                    mean_loss = loss_sum.item() / seen
-                    if not math.isfinite(mean_loss):
-                        raise Diverged(f"training loss became {mean_loss} at epoch {epoch + 1}, step {step}; "
-                                       "lower optimizer.lr or set trainer.grad_clip")
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
-                bar.update()
-                if stop["signum"] is not None:
-                    # the partial epoch (its sums and seconds) goes into the checkpoint, so a resumed epoch
-                    # reports the same losses and a full epoch's time
-                    elapsed = epoch_before + time.perf_counter() - tic
-                    sums = {"loss": loss_sum.item(), "correct": int(correct.item()), "seen": seen, "seconds": elapsed}
-                    run.save_checkpoint(checkpoint_state(epoch, step, perm, sums))
-                    run.write_metrics(train_seconds=train_seconds + elapsed)
-                    raise Interrupted(stop["signum"], run_dir, saved=bool(cfg.trainer.checkpoint))
-            bar.close()
-            epoch_seconds = epoch_before + time.perf_counter() - tic
-            train_seconds += epoch_seconds
-            val_loss, val_acc = evaluate(model, val_batches, device, precision)
-            if math.isfinite(val_acc) and not (val_acc <= best_val_acc):  # NaN-safe max
-                best_val_acc = val_acc
-            record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-                      "val_loss": val_loss, "val_acc": val_acc, "lr": opt.param_groups[0]["lr"],
-                      "images_per_second": seen / epoch_seconds, "epoch_seconds": epoch_seconds,
-                      "train_seconds": train_seconds}
-            run.history.append(record)
-            log.info("epoch %d/%d train_loss %.4f train_acc %.2f%% val_loss %.4f val_acc %.2f%% lr %.2e "
-                     "%.0f img/s %.1fs", epoch + 1, epochs, record["train_loss"], 100 * record["train_acc"],
-                     val_loss, 100 * val_acc, record["lr"], record["images_per_second"], epoch_seconds)
-            perm, start_step, sums = None, 0, None
-            run.write_history()
-            run.save_checkpoint(checkpoint_state(epoch + 1, 0, None, None))
-            run.write_metrics(epochs_completed=epoch + 1, best_val_acc=best_val_acc, val_acc=val_acc,
-                              train_seconds=train_seconds)
-            for hook in hooks:
-                hook(epoch + 1, record)
-            if stop["signum"] is not None:
-                raise Interrupted(stop["signum"], run_dir, saved=bool(cfg.trainer.checkpoint))
-
-    test_loss, test_acc = evaluate(model, test_batches, device, precision)
-    images = n_train * len(run.history)  # every epoch sees every training image once
-    run.write_metrics(status="completed", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      test_acc=test_acc, test_loss=test_loss, best_val_acc=best_val_acc,
-                      train_images_per_second=images / max(train_seconds, 1e-9))
-    log.info("test_acc %.2f%% test_loss %.4f best_val_acc %.2f%% train %.1fs; results in %s",
-             100 * test_acc, test_loss, 100 * best_val_acc, train_seconds, run_dir)
-    return float(best_val_acc)
-
-
-def _finish_with_error(run_dir: Path, status: str, reason: str) -> None:
-    """Record why a run ended in its metrics.json, keeping what was already there."""
-    path = run_dir / METRICS
-    try:
-        metrics = read_json(path) if path.exists() else {}
-    except (OSError, ValueError):
-        metrics = {}
-    metrics.update(status=status, reason=reason, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    try:
-        write_json(path, metrics)
-    except OSError:
-        pass
+# --------------------------------------------------------------------------- the command
 
 
 def _log_to_files(level: int, message: str, console: bool = False) -> None:
@@ -446,9 +396,9 @@ def main(cfg: DictConfig) -> float:
         with _interrupt_outside_the_loop(run_dir):
             return train(cfg, run_dir)
     except (UserError, RunStopped, Interrupted) as e:
-        status = getattr(e, "status", "interrupted" if isinstance(e, Interrupted) else "failed")
+        status, reason = ending(e)
         if not isinstance(e, RunDirBusy):  # that metrics.json belongs to the other run
-            _finish_with_error(run_dir, status, str(e))
+            finish_with_error(run_dir, status, reason)
         # a single run's console gets the one line below; a sweep job's error must reach the console here, or
         # the sweep's own summary ("no trial completed") would be all the user sees
         _log_to_files(logging.ERROR, f"{status}: {e}", console=multirun and not isinstance(e, Interrupted))

@@ -7,6 +7,7 @@ from typing import Sequence
 from torch import nn
 
 from vit_lab.errors import ShapeError
+from vit_lab.models.common import decay_groups
 
 
 class SimpleCNN(nn.Module):
@@ -15,7 +16,7 @@ class SimpleCNN(nn.Module):
     def __init__(self, chw: Sequence[int] = (1, 28, 28), out_d: int = 10, width: int = 32, dropout: float = 0.1) -> None:
         super().__init__()
         c, h, w = (int(v) for v in chw)
-        if width < 1:
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ShapeError(f"model.width={width} must be a positive integer")
         if h < 4 or w < 4:
             raise ShapeError(f"the CNN needs images of at least 4x4 pixels, got {h}x{w}")
@@ -27,6 +28,10 @@ class SimpleCNN(nn.Module):
 
         self.features = nn.Sequential(*stage(c, width), *stage(width, 2 * width))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * width, out_d))
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """The optimizer's parameter groups: conv and linear weights decay; norms and biases do not."""
+        return decay_groups(self, weight_decay)
 
     def forward(self, x):
         return self.head(self.features(x))

@@ -9,6 +9,7 @@ on accelerators; on the CPU, `cpu_attention`, written for these sizes, since tor
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vit_lab.errors import ShapeError
+from vit_lab.models.common import decay_groups
 from vit_lab.models.cpu_attention import cpu_attention
 
 
@@ -180,6 +182,8 @@ class MyViT(nn.Module):
             raise ShapeError(f"model.pos_embed={pos_embed!r} is unknown; use 'sinusoidal' or 'learned'")
         if pool not in ("cls", "mean"):
             raise ShapeError(f"model.pool={pool!r} is unknown; use 'cls' or 'mean'")
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+            raise ShapeError(f"model.dropout={dropout!r} must be a number in [0, 1)")
         self.chw, self.patch_size, self.pool, self.head_softmax = (c, h, w), (ph, pw), pool, head_softmax
         self.n_patches = (h // ph) * (w // pw)
         n_tokens = self.n_patches + (pool == "cls")
@@ -196,6 +200,10 @@ class MyViT(nn.Module):
         )
         self.norm = nn.LayerNorm(hidden_d) if pool == "mean" else nn.Identity()
         self.mlp = nn.Linear(hidden_d, out_d)  # the tutorial's classification head
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """The optimizer's parameter groups: weight matrices decay; norms, biases, positions and the class token do not."""
+        return decay_groups(self, weight_decay, no_decay=("pos_embed", "class_token"))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or tuple(images.shape[1:]) != self.chw:  # not a broadcast error from deep inside torch
@@ -220,6 +228,13 @@ def check_vit_shape(chw: Sequence[int], patch_size: int | Sequence[int], hidden_
                     depth: int = 1, mlp_ratio: float = 4.0) -> None:
     """Raise ShapeError, naming the values and the fix, for any combination that cannot build a ViT."""
     c, h, w = (int(v) for v in chw)
+    sizes = list(patch_size) if isinstance(patch_size, Sequence) and not isinstance(patch_size, str) else [patch_size]
+    for name, value, ints in (("model.patch_size", patch_size, sizes), ("model.depth", depth, [depth]),
+                              ("model.hidden_d", hidden_d, [hidden_d]), ("model.n_heads", n_heads, [n_heads])):
+        if not ints or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in ints):
+            raise ShapeError(f"{name}={value!r} must be an integer")
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, numbers.Real):
+        raise ShapeError(f"model.mlp_ratio={mlp_ratio!r} must be a number")
     ph, pw = _pair(patch_size)
     for name, value in (("model.patch_size", min(ph, pw)), ("model.hidden_d", hidden_d), ("model.n_heads", n_heads),
                         ("model.depth", depth)):
