@@ -147,7 +147,7 @@ def draw(cells: list[dict], ncols: int, out: str | Path, title: str, cell_inches
         ax.imshow(cell["image"], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         if cell.get("heat") is not None:
             heat = cell["heat"] / max(float(cell["heat"].max()), 1e-12)
-            ax.imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1, interpolation="bilinear")
+            ax.imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(cell.get("title", ""), fontsize=8, color="tab:red" if cell.get("wrong") else "black")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

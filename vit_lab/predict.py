@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,15 +27,20 @@ from vit_lab.evaluate import WEIGHTS, LoadedRun, load, normalise, probabilities
 
 def read_image(path: str | Path, chw: Sequence[int], invert: bool = False) -> torch.Tensor:
     """A file as a uint8 (C, H, W) tensor in the model's channels and size."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
     from torchvision.transforms.v2 import functional as TF
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs for TorchCodec's; they still work
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_image, read_file
 
     c, h, w = (int(v) for v in chw)
     mode = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}.get(c, ImageReadMode.UNCHANGED)
     if not Path(path).is_file():
         raise UserError(f"{path}: no such file")
     try:
-        img = decode_image(read_file(str(path)), mode=mode)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            img = decode_image(read_file(str(path)), mode=mode)
     except (RuntimeError, ValueError, OSError) as e:
         raise UserError(f"{path}: not a readable PNG, JPEG, GIF or WEBP image ({' '.join(str(e).split())[:120]})") from None
     if img.shape[0] != c:
