@@ -31,7 +31,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     runs = {"vit": (TINY, out / "vit"), "cnn": (CNN, out / "cnn")}
     with ThreadPoolExecutor(2) as pool:
         procs = {k: pool.submit(run_train, *args, f"hydra.run.dir={d}", env=ONE_THREAD) for k, (args, d) in runs.items()}
-        for name, f in procs.items():
+        for f in procs.values():
             assert f.result().returncode == 0, f.result().stderr[-2000:]
     return {k: d for k, (_, d) in runs.items()}
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from vit_lab.errors import UserError
 from vit_lab.evaluate import WEIGHTS, LoadedRun, batches, load, normalise, probabilities

@@ -209,9 +209,9 @@ def render_groups(runs: Sequence[RunInfo], group_by: str, stats_spec: str | None
                        + ["" if v is None else repr(v) for m in metrics for v in summary(g.sample(m)).values()])
         return buf.getvalue().rstrip("\n")
     md = fmt == "markdown"
-    lines = [group_table(groups, metrics, md), "",
-             f"Completed runs only; ± is the half-width of the {CONFIDENCE:.0%} t confidence interval of the mean, "
-             "sd the sample standard deviation (percentage points for accuracies)."]
+    note = (f"Completed runs only; ± is the half-width of the {CONFIDENCE:.0%} t confidence interval of the mean, "
+            "sd the sample standard deviation (percentage points for accuracies).")
+    lines = [group_table(groups, metrics, md), "", note]
     if tests:
         lines += ["", f"Welch's t-test ({test}), every pair of groups:", "", test_table(tests, md)]
     return "\n".join(lines)
