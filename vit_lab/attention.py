@@ -23,13 +23,18 @@ import torch
 
 from vit_lab.errors import UserError
 from vit_lab.evaluate import WEIGHTS, LoadedRun, batches, load, normalise, probabilities
+from vit_lab.models.vit import MyViT
 
 
-def attention_maps(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and attention probabilities (B, layers, heads, N, N) of a MyViT."""
-    if not hasattr(model, "forward_with_attention"):
+def vit(model: torch.nn.Module) -> MyViT:
+    if not isinstance(model, MyViT):
         raise UserError(f"attention maps need a ViT run (model=vit); this run's model is a {type(model).__name__}")
-    logits, maps = model.forward_with_attention(images)
+    return model
+
+
+def attention_maps(model: MyViT, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and attention probabilities (B, layers, heads, N, N) of a MyViT."""
+    logits, maps = vit(model).forward_with_attention(images)
     return logits, torch.stack(maps, dim=1)
 
 
@@ -52,20 +57,20 @@ def rollout(maps: torch.Tensor, pool: str) -> torch.Tensor:
     return row / row.sum(dim=-1, keepdim=True)
 
 
-def patch_grid(model: torch.nn.Module) -> tuple[int, int, int, int]:
+def patch_grid(model: MyViT) -> tuple[int, int, int, int]:
     """(rows, cols, patch height, patch width) of the model's patch grid."""
     (_, h, w), (ph, pw) = model.chw, model.patch_size
     return h // ph, w // pw, ph, pw
 
 
-def to_pixels(model: torch.nn.Module, per_patch: torch.Tensor) -> torch.Tensor:
+def to_pixels(model: MyViT, per_patch: torch.Tensor) -> torch.Tensor:
     """(B, P) -> (B, H, W): each patch's value spread over its pixels."""
     gh, gw, ph, pw = patch_grid(model)
     b = per_patch.shape[0]
     return per_patch.reshape(b, gh, 1, gw, 1).expand(b, gh, ph, gw, pw).reshape(b, gh * ph, gw * pw)
 
 
-def mask_patches(model: torch.nn.Module, x: torch.Tensor, patches: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+def mask_patches(model: MyViT, x: torch.Tensor, patches: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
     """Set the given patch indices (B, k) of normalised images (B, C, H, W) to ``fill`` (C,), per channel."""
     chosen = torch.zeros(x.shape[0], model.n_patches, dtype=torch.bool, device=x.device).scatter_(1, patches, True)
     pixels = to_pixels(model, chosen).unsqueeze(1)
@@ -86,7 +91,8 @@ def deletion_test(run: LoadedRun, x: torch.Tensor, y: torch.Tensor, fraction: fl
     the true-class probability: a faithful map lowers it more than chance does."""
     from scipy import stats
 
-    model, pool = run.model, run.model.pool
+    model = vit(run.model)
+    pool = model.pool
     k = max(1, round(fraction * model.n_patches))
     logits, maps = attention_maps(model, x)
     rows = torch.arange(len(y))
@@ -107,6 +113,13 @@ def deletion_test(run: LoadedRun, x: torch.Tensor, y: torch.Tensor, fraction: fl
             "drop_random": (base - rand).mean().item(), "share_top_lower": (top < rand).float().mean().item(),
             "paired_t": float(paired.statistic), "p_value": float(paired.pvalue),
             "faithful": bool((base - top).mean() > (base - rand).mean())}
+
+
+def describe_deletion(d: dict[str, Any]) -> str:
+    return (f"{d['n']} test images, {d['patches_masked']} of {d['patches']} patches masked: true-class probability "
+            f"{d['prob_true_original']:.4f} -> {d['prob_true_top_masked']:.4f} (top rollout) vs "
+            f"{d['prob_true_random_masked']:.4f} (random); lower in {100 * d['share_top_lower']:.0f}% of images; "
+            f"paired t {d['paired_t']:.2f}, one-sided p {d['p_value']:.2g}")
 
 
 def test_images(run: LoadedRun, n: int, pick: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -161,9 +174,10 @@ def draw(cells: list[dict], ncols: int, out: str | Path, title: str, cell_inches
 def figure(run: LoadedRun, n: int, out: str | Path, mode: str = "rollout", pick: str = "first") -> Path:
     """The rollout grid (mode rollout), each layer's head-averaged map then the rollout per image (layers), or
     every layer and head of the first image (heads)."""
+    model = vit(run.model)
     raw, x, y, index = test_images(run, 1 if mode == "heads" else n, pick)
-    logits, maps = attention_maps(run.model, x)
-    pred, pool, model = logits.argmax(dim=1), run.model.pool, run.model
+    logits, maps = attention_maps(model, x)
+    pred, pool = logits.argmax(dim=1), model.pool
     gray = raw[:, 0].cpu() if raw.shape[1] == 1 else raw.float().mean(dim=1).cpu()
     roll = to_pixels(model, rollout(maps, pool)).cpu()
     layer_maps = token_attention(maps, pool)  # (B, L, h, P)
@@ -211,17 +225,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--draws", type=int, default=5, help="random masks per image in the deletion test (default 5)")
     args = p.parse_args(argv)
     try:
-        if not 0 < args.fraction < 1 or args.images < 1 or args.draws < 1 or (args.deletion is not None and args.deletion < 1):
+        if not 0 < args.fraction < 1 or min(args.images, args.draws, 1 if args.deletion is None else args.deletion) < 1:
             raise UserError("--fraction must be in (0, 1); --images, --draws and --deletion at least 1")
         run = load(args.run_dir, args.weights, args.overrides)
         if args.deletion:
             _, x, y, _ = test_images(run, args.deletion, "first")
-            doc = {"run_dir": str(run.dir), "weights": run.weights, **deletion_test(run, x, y, args.fraction, args.draws)}
-            out = write_json(args.out or run.dir / "deletion.json", doc)
-            print(f"deletion test on {doc['n']} test images, {doc['patches_masked']} of {doc['patches']} patches masked: "
-                  f"true-class probability {doc['prob_true_original']:.3f} -> {doc['prob_true_top_masked']:.3f} "
-                  f"(top rollout) vs {doc['prob_true_random_masked']:.3f} (random); lower in {100 * doc['share_top_lower']:.0f}% "
-                  f"of images; paired t {doc['paired_t']:.2f}, p {doc['p_value']:.2g}; wrote {out}")
+            doc = deletion_test(run, x, y, args.fraction, args.draws)
+            out = write_json(args.out or run.dir / "deletion.json", {"run_dir": str(run.dir), "weights": run.weights, **doc})
+            print(f"deletion test: {describe_deletion(doc)}; wrote {out}")
             return 0
         mode = "layers" if args.layers else "heads" if args.heads else "rollout"
         out = figure(run, args.images, args.out or run.dir / f"attention{'' if mode == 'rollout' else '_' + mode}.png",

@@ -55,9 +55,11 @@ def read_config(run_dir: Path) -> DictConfig:
         cfg = OmegaConf.load(file)
     except Exception as e:  # noqa: BLE001 - any unreadable YAML is the same user-facing problem
         raise ConfigError(f"{file} is unreadable ({type(e).__name__}); the run folder is damaged") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{file} is not a mapping: not a config this lab wrote")
     missing = [k for k in ("model", "data", "trainer", "device") if not isinstance(cfg.get(k), DictConfig)]
-    if not isinstance(cfg, DictConfig) or missing:
-        raise ConfigError(f"{file} lacks {', '.join(missing) or 'a mapping'}: not a config this lab wrote")
+    if missing:
+        raise ConfigError(f"{file} lacks {', '.join(missing)}: not a config this lab wrote")
     return cfg
 
 
@@ -74,6 +76,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             if value not in options:
                 raise ConfigError(f"{key}={value!r} is not a {key} config; use one of {', '.join(options)}")
             node = OmegaConf.load(CONF / key / f"{value}.yaml")
+            assert isinstance(node, DictConfig)  # the lab's own config files
             node.pop("defaults", None)
             cfg[key] = OmegaConf.merge(cfg[key], node) if key == "device" else node
         else:
@@ -103,12 +106,14 @@ def load_weights(run_dir: Path, weights: str) -> tuple[dict, int | None]:
     file = run_dir / WEIGHTS[weights]
     if not file.is_file():
         other = next((k for k, f in WEIGHTS.items() if k != weights and (run_dir / f).is_file()), None)
-        hint = f"; try --weights {other}" if other else " (trained with trainer.checkpoint=false?); retrain with checkpoints on"
+        hint = (f"; try --weights {other}" if other
+                else " (trained with trainer.checkpoint=false?); retrain with checkpoints on")
         raise UserError(f"{run_dir} has no {WEIGHTS[weights]}, so no {weights} weights to load{hint}")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise UserError(f"{file} is not a readable checkpoint ({type(e).__name__}); the file is damaged or not this lab's") from None
+        raise UserError(f"{file} is not a readable checkpoint ({type(e).__name__}); "
+                        "the file is damaged or not this lab's") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise UserError(f"{file} holds no model weights (no 'model' state dict)")
     epoch = state.get("epoch")
@@ -253,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, OmegaConfBaseException) as e:
         print(f"vit_lab.evaluate: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    line = f"{run.dir}: {args.weights} weights on {doc['data']} test ({doc['n']} images): accuracy {100 * doc['accuracy']:.2f}%, loss {doc['loss']:.4f}"
+    line = (f"{run.dir}: {args.weights} weights on {doc['data']} test ({doc['n']} images): "
+            f"accuracy {100 * doc['accuracy']:.2f}%, loss {doc['loss']:.4f}")
     metrics = run.dir / "metrics.json"
     if run.same_data and args.weights == "last" and metrics.is_file():
         m = read_json(metrics)

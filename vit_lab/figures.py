@@ -173,7 +173,7 @@ def confused(evals: Sequence[dict], top: int = 5) -> str:
 
 def report(rows: dict[str, list[RunInfo]], evals: dict[str, list[dict]], deletion: int) -> list[str]:
     """The numbers the README quotes."""
-    from vit_lab.attention import deletion_test, test_images
+    from vit_lab.attention import deletion_test, describe_deletion, test_images
     from vit_lab.evaluate import load
 
     lines = [f"most confused (true->predicted, summed over seeds): {ROWS[name]}: {confused(e)}"
@@ -186,10 +186,7 @@ def report(rows: dict[str, list[RunInfo]], evals: dict[str, list[dict]], deletio
             loaded = load(run.dir)
             _, x, y, _ = test_images(loaded, deletion, "first")
             d = deletion_test(loaded, x, y)
-            lines.append(f"deletion {run.path}: p(true) {d['prob_true_original']:.4f} -> top-rollout masked "
-                         f"{d['prob_true_top_masked']:.4f}, random masked {d['prob_true_random_masked']:.4f} "
-                         f"({d['patches_masked']} of {d['patches']} patches, n={d['n']}; top lower in "
-                         f"{100 * d['share_top_lower']:.0f}%, paired t {d['paired_t']:.2f}, one-sided p {d['p_value']:.2g})")
+            lines.append(f"deletion test of {run.path}: {describe_deletion(d)}")
     return lines
 
 

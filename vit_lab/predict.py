@@ -42,7 +42,8 @@ def read_image(path: str | Path, chw: Sequence[int], invert: bool = False) -> to
             warnings.simplefilter("ignore", DeprecationWarning)
             img = decode_image(read_file(str(path)), mode=mode)
     except (RuntimeError, ValueError, OSError) as e:
-        raise UserError(f"{path}: not a readable PNG, JPEG, GIF or WEBP image ({' '.join(str(e).split())[:120]})") from None
+        why = " ".join(str(e).split())[:120]
+        raise UserError(f"{path}: not a readable PNG, JPEG, GIF or WEBP image ({why})") from None
     if img.shape[0] != c:
         raise UserError(f"{path}: has {img.shape[0]} channels, but the model takes {c}-channel images "
                         f"(data.channels={c}); convert the file to {c} channels")

@@ -33,7 +33,9 @@ class Group:
 
     @property
     def label(self) -> str:
-        return self.name if self.name is not None else ", ".join(f"{k}={fmt_value(v)}" for k, v in zip(self.keys, self.values))
+        if self.name is not None:
+            return self.name
+        return ", ".join(f"{k}={fmt_value(v)}" for k, v in zip(self.keys, self.values))
 
     def sample(self, metric: str) -> list[float]:
         """The metric over the group's completed runs (finite values only), in run order."""
@@ -87,7 +89,7 @@ def summary(sample: Sequence[float], confidence: float = CONFIDENCE) -> dict[str
     return out
 
 
-def _constant(x: Sequence[float]) -> bool:
+def _constant(x: Any) -> bool:
     return len(x) > 0 and min(x) == max(x)
 
 
@@ -203,7 +205,8 @@ def render_groups(runs: Sequence[RunInfo], group_by: str, stats_spec: str | None
 
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow([*groups[0].keys, "runs", *[f"{m}_{s}" for m in metrics for s in ("n", "mean", "std", "ci_low", "ci_high")]])
+        fields = ("n", "mean", "std", "ci_low", "ci_high")  # summary()'s keys, in order
+        w.writerow([*groups[0].keys, "runs", *[f"{m}_{f}" for m in metrics for f in fields]])
         for g in groups:
             w.writerow([fmt_value(v) for v in g.values] + [len(g.runs)]
                        + ["" if v is None else repr(v) for m in metrics for v in summary(g.sample(m)).values()])
@@ -230,8 +233,8 @@ def render_group_diff(a: Group, b: Group, metrics: Sequence[str], fmt: str) -> s
                            for t in tests}}
         return json.dumps(_jsonable(doc), indent=2, default=str)
     md = fmt == "markdown"
-    table = [[METRICS[m].header.replace("\n", " "), f"{fmt_stat(m, sa)} (n={sa['n']})", f"{fmt_stat(m, sb)} (n={sb['n']})"]
-             for m, (sa, sb) in sides.items()]
+    table = [[METRICS[m].header.replace("\n", " "), *(f"{fmt_stat(m, side)} (n={side['n']})" for side in pair)]
+             for m, pair in sides.items()]
     return "\n".join([f"A: {a.label} ({len(a.runs)} runs)", f"B: {b.label} ({len(b.runs)} runs)", "",
                       tabulate(table, headers=["metric", "A (mean ± 95% CI)", "B (mean ± 95% CI)"],
                                tablefmt="github" if md else "simple", colalign=("left", "right", "right"),
