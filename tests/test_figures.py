@@ -63,7 +63,7 @@ def test_figures_and_report(tmp_path):
     for s in (0, 1):
         vit, cnn = set(evals["3-vit", s]["misclassified"]), set(evals["4-cnn", s]["misclassified"])
         assert f"seed {s}: ViT wrong on {len(vit)}, CNN on {len(cnn)}, both on {len(vit & cnn)} " in proc.stdout
-    assert proc.stdout.count("deletion ") == 2 and "n=20" in proc.stdout
+    assert proc.stdout.count("deletion test of ") == 2 and "20 test images, 2 of 16 patches masked" in proc.stdout
 
 
 def test_figures_error_is_one_line(tmp_path):
