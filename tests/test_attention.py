@@ -141,3 +141,22 @@ def test_cli_errors_are_one_line(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     proc = run_module("vit_lab.attention", str(tmp_path / "nowhere"))
     assert proc.returncode == 2 and "no such directory" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_ink_share_of_uniform_attention_is_the_share_of_ink_patches(tmp_path):
+    """With the query projection zeroed every logit is equal: attention is uniform, so each head, layer and the
+    rollout put exactly the share of patches that hold ink on ink."""
+    from vit_lab.attention import ink_attention
+    from vit_lab.evaluate import load
+
+    run = load(fake_run(tmp_path / "vit", "model.depth=2", "model.n_heads=2")[0])
+    with torch.no_grad():
+        for block in run.model.blocks:
+            block.mhsa.qkv.weight[:16].zero_()
+            block.mhsa.qkv.bias[:16].zero_()
+    doc = ink_attention(run, 30)
+    share = doc["ink_patch_share"]
+    assert 0.1 < share < 0.9 and doc["n"] == 30
+    assert torch.allclose(torch.tensor(doc["layers"]), torch.full((2, 2), share), atol=1e-5)
+    assert doc["rollout"] == pytest.approx(share, abs=1e-5)
+    assert doc["cls_self"] == pytest.approx([1 / 17, 1 / 17], abs=1e-6)

@@ -6,6 +6,7 @@ attention rollout (Abnar and Zuidema 2020), figures of both, and a deletion test
     python -m vit_lab.attention RUN_DIR --heads --out heads.png           # every layer and head of one digit
     python -m vit_lab.attention RUN_DIR --pick misclassified              # digits the model gets wrong
     python -m vit_lab.attention RUN_DIR --deletion 200 --fraction 0.1     # mask top-rollout vs random patches
+    python -m vit_lab.attention RUN_DIR --ink 1000                        # attention on strokes vs background, per layer
 
 The probabilities come from ``MyViT.forward_with_attention``, a side path that every attention style and
 kernel shares and that training never takes. Runs are loaded as ``vit_lab.evaluate`` loads them.
@@ -23,7 +24,7 @@ import torch
 
 from vit_lab.errors import UserError
 from vit_lab.evaluate import WEIGHTS, LoadedRun, batches, load, normalise, probabilities
-from vit_lab.models.vit import MyViT
+from vit_lab.models.vit import MyViT, patchify
 
 
 def vit(model: torch.nn.Module) -> MyViT:
@@ -115,6 +116,34 @@ def deletion_test(run: LoadedRun, x: torch.Tensor, y: torch.Tensor, fraction: fl
             "faithful": bool((base - top).mean() > (base - rand).mean())}
 
 
+@torch.no_grad()
+def ink_attention(run: LoadedRun, n: int, threshold: int = 128) -> dict[str, Any]:
+    """Where the attention goes, per layer and head: the share of the class token's (or mean token's) attention
+    over the patches that lands on patches with ink (a pixel >= ``threshold``), on ``n`` test images. Against
+    ``ink_patch_share`` (uniform attention): above it, a head looks at the strokes; below, at the background."""
+    model = vit(run.model)
+    raw, x, _, _ = test_images(run, n, "first")
+    _, maps = attention_maps(model, x)
+    ink = (patchify(raw.float(), model.patch_size).amax(dim=-1) >= threshold).float()  # (B, P)
+    tok = token_attention(maps, model.pool)  # (B, L, h, P)
+    shares = (tok * ink[:, None, None]).sum(-1) / tok.sum(-1)  # of the attention over patches
+    doc = {"n": len(x), "threshold": threshold, "ink_patch_share": ink.mean().item(),
+           "layers": shares.mean(0).tolist(), "rollout": (rollout(maps, model.pool) * ink).sum(-1).mean().item()}
+    if model.pool == "cls":  # what the class token keeps for itself
+        doc["cls_self"] = maps[..., 0, 0].mean(dim=(0, 2)).tolist()
+    return doc
+
+
+def describe_ink(d: dict[str, Any]) -> list[str]:
+    lines = [f"ink share on {d['n']} test images: {100 * d['ink_patch_share']:.0f}% of patches hold ink (a pixel >= "
+             f"{d['threshold']}); rollout puts {100 * d['rollout']:.0f}% of its weight there"]
+    for i, heads in enumerate(d["layers"]):
+        own = f"; the class token keeps {100 * d['cls_self'][i]:.0f}% for itself" if "cls_self" in d else ""
+        lines.append(f"layer {i + 1}: {100 * sum(heads) / len(heads):.0f}% of the attention over patches on ink "
+                     f"(heads: {', '.join(f'{100 * h:.0f}%' for h in heads)}){own}")
+    return lines
+
+
 def describe_deletion(d: dict[str, Any]) -> str:
     return (f"{d['n']} test images, {d['patches_masked']} of {d['patches']} patches masked: true-class probability "
             f"{d['prob_true_original']:.4f} -> {d['prob_true_top_masked']:.4f} (top rollout) vs "
@@ -152,7 +181,8 @@ def draw(cells: list[dict], ncols: int, out: str | Path, title: str, cell_inches
     ``title`` (red when ``wrong``)."""
     plt = _pyplot()
     nrows = math.ceil(len(cells) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_inches * ncols, cell_inches * nrows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_inches * ncols, (cell_inches + 0.15) * nrows + 0.5),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, cell in zip(axes.flat, cells):
@@ -223,11 +253,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--deletion", type=int, metavar="N", help="instead of a figure: the deletion test on N test images")
     p.add_argument("--fraction", type=float, default=0.1, help="share of patches the deletion test masks (default 0.1)")
     p.add_argument("--draws", type=int, default=5, help="random masks per image in the deletion test (default 5)")
+    p.add_argument("--ink", type=int, metavar="N", help="instead of a figure: the share of each layer's and head's "
+                   "attention on patches with ink (strokes) against background, over N test images")
     args = p.parse_args(argv)
     try:
-        if not 0 < args.fraction < 1 or min(args.images, args.draws, 1 if args.deletion is None else args.deletion) < 1:
-            raise UserError("--fraction must be in (0, 1); --images, --draws and --deletion at least 1")
+        counts = (args.images, args.draws, *(v for v in (args.deletion, args.ink) if v is not None))
+        if not 0 < args.fraction < 1 or min(counts) < 1:
+            raise UserError("--fraction must be in (0, 1); --images, --draws, --deletion and --ink at least 1")
         run = load(args.run_dir, args.weights, args.overrides)
+        if args.ink:
+            doc = ink_attention(run, args.ink)
+            out = write_json(args.out or run.dir / "ink.json", {"run_dir": str(run.dir), "weights": run.weights, **doc})
+            print("\n".join(describe_ink(doc)) + f"\nwrote {out}")
+            return 0
         if args.deletion:
             _, x, y, _ = test_images(run, args.deletion, "first")
             doc = deletion_test(run, x, y, args.fraction, args.draws)

@@ -6,7 +6,7 @@
 Writes docs/learning_curves.png, docs/confusion_vit_cnn.png, docs/confusion_tutorial.png,
 docs/attention_rollout.png, docs/attention_misclassified.png, docs/attention_layers.png and, with ``--sweep``,
 docs/sweep.png; prints the numbers the README quotes (most confused digits, the ViT's and the CNN's shared
-mistakes, the rollout deletion test). Runs without an ``eval.json`` are evaluated first (``vit_lab.evaluate``).
+mistakes, the rollout deletion test, the attention's share on strokes per layer). Runs without an ``eval.json`` are evaluated first (``vit_lab.evaluate``).
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def confused(evals: Sequence[dict], top: int = 5) -> str:
 
 def report(rows: dict[str, list[RunInfo]], evals: dict[str, list[dict]], deletion: int) -> list[str]:
     """The numbers the README quotes."""
-    from vit_lab.attention import deletion_test, describe_deletion, test_images
+    from vit_lab.attention import deletion_test, describe_deletion, describe_ink, ink_attention, test_images
     from vit_lab.evaluate import load
 
     lines = [f"most confused (true->predicted, summed over seeds): {ROWS[name]}: {confused(e)}"
@@ -187,6 +187,7 @@ def report(rows: dict[str, list[RunInfo]], evals: dict[str, list[dict]], deletio
             _, x, y, _ = test_images(loaded, deletion, "first")
             d = deletion_test(loaded, x, y)
             lines.append(f"deletion test of {run.path}: {describe_deletion(d)}")
+            lines += [f"{run.path}: {line}" for line in describe_ink(ink_attention(loaded, 10 * deletion))]
     return lines
 
 
@@ -197,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", default="outputs/seed_comparison", help="the seed comparison's folder")
     p.add_argument("--sweep", help="a sweep folder for docs/sweep.png (accuracy against patch size, depth, heads)")
     p.add_argument("--out", default="docs", help="folder for the PNGs (default docs/)")
-    p.add_argument("--deletion", type=int, default=200, help="test images for the deletion test (0: skip)")
+    p.add_argument("--deletion", type=int, default=200, help="test images for the deletion test, x10 for the ink "
+                   "shares (0: skip both)")
     args = p.parse_args(argv)
     out = Path(args.out)
     try:
