@@ -116,7 +116,7 @@ def test_mask_patches_masks_exactly_the_chosen_patches():
 
 def test_cli_figures_and_deletion(tmp_path):
     run, _ = fake_run(tmp_path / "vit", "model.depth=2", "model.n_heads=2")
-    for args, name, size in (([], "attention.png", (1280, 210)), (["--layers"], "attention_layers.png", None),
+    for args, name, size in (([], "attention.png", (1280, 225)), (["--layers"], "attention_layers.png", None),
                              (["--heads"], "attention_heads.png", None)):
         proc = run_module("vit_lab.attention", str(run), "--images", "8", *args)
         assert proc.returncode == 0, proc.stderr
