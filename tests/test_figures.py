@@ -63,6 +63,8 @@ def test_figures_and_report(tmp_path):
     for s in (0, 1):
         vit, cnn = set(evals["3-vit", s]["misclassified"]), set(evals["4-cnn", s]["misclassified"])
         assert f"seed {s}: ViT wrong on {len(vit)}, CNN on {len(cnn)}, both on {len(vit & cnn)} " in proc.stdout
+    both = len(set(evals["3-vit", 0]["misclassified"]) & set(evals["3-vit", 1]["misclassified"]))
+    assert f"ViT against itself with another seed: both wrong on {both} of " in proc.stdout
     assert proc.stdout.count("deletion test of ") == 2 and "20 test images, 2 of 16 patches masked" in proc.stdout
 
 

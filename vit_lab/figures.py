@@ -156,13 +156,26 @@ def sweep_figure(sweep: Path, out: Path, keys: Sequence[str] = ("model.patch_siz
     return _save(fig, out)
 
 
-def shared_mistakes(vit: Sequence[dict], cnn: Sequence[dict]) -> list[dict[str, Any]]:
-    """Per seed pair: how many test images both models get wrong, against chance (independent mistakes)."""
-    out = []
-    for a, b in zip(vit, cnn):
-        va, vb = set(a["misclassified"]), set(b["misclassified"])
-        out.append({"vit": len(va), "cnn": len(vb), "both": len(va & vb), "chance": len(va) * len(vb) / a["n"]})
-    return out
+def shared(a: dict, b: dict) -> tuple[int, int, int, float]:
+    """Mistakes of two evaluations: (a's, b's, both's, both's if the mistakes were independent)."""
+    ma, mb = set(a["misclassified"]), set(b["misclassified"])
+    return len(ma), len(mb), len(ma & mb), len(ma) * len(mb) / a["n"]
+
+
+def shared_mistakes(vit: Sequence[dict], cnn: Sequence[dict]) -> list[str]:
+    """Whether the ViT and the CNN fail on the same images: per seed, and against two seeds of one model."""
+    lines = []
+    for i, (a, b) in enumerate(zip(vit, cnn)):
+        na, nb, both, chance = shared(a, b)
+        lines.append(f"seed {i}: ViT wrong on {na}, CNN on {nb}, both on {both} (independent mistakes would share "
+                     f"{chance:.1f})")
+    for name, evals in (("ViT", vit), ("CNN", cnn)):
+        pairs = [shared(evals[i], evals[j]) for i in range(len(evals)) for j in range(i + 1, len(evals))]
+        if pairs:
+            lines.append(f"{name} against itself with another seed: both wrong on "
+                         f"{', '.join(str(p[2]) for p in pairs)} of {', '.join(f'{p[0]}/{p[1]}' for p in pairs)} "
+                         f"(seed pairs {', '.join(f'{i}-{j}' for i in range(len(evals)) for j in range(i + 1, len(evals)))})")
+    return lines
 
 
 def confused(evals: Sequence[dict], top: int = 5) -> str:
@@ -178,9 +191,7 @@ def report(rows: dict[str, list[RunInfo]], evals: dict[str, list[dict]], deletio
 
     lines = [f"most confused (true->predicted, summed over seeds): {ROWS[name]}: {confused(e)}"
              for name, e in evals.items() if e]
-    for i, s in enumerate(shared_mistakes(evals["3-vit"], evals["4-cnn"])):
-        lines.append(f"seed {i}: ViT wrong on {s['vit']}, CNN on {s['cnn']}, both on {s['both']} "
-                     f"(independent mistakes would share {s['chance']:.1f})")
+    lines += shared_mistakes(evals["3-vit"], evals["4-cnn"])
     if deletion:
         for run in rows["3-vit"]:
             loaded = load(run.dir)
