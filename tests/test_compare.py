@@ -78,8 +78,8 @@ def lab(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("compare")
     out = tmp / "outputs"
     jobs = {
-        "seed": lambda: run_module("vit_lab.compare.seed_comparison", "--out", str(out / "seed"), "--jobs", "2", *SEED_TINY,
-                                   env=ONE_THREAD),
+        "seed": lambda: run_module("vit_lab.compare.seed_comparison", "--out", str(out / "seed"), "--jobs", "2",
+                                   "--seeds", "0", *SEED_TINY, env=ONE_THREAD),
         "grid": lambda: run_train("-m", "model.n_heads=2,4", *TINY, "trainer.checkpoint=false",
                                   f"hydra.sweep.dir={out / 'grid'}", env=ONE_THREAD),
         # the storage path is relative to the launch folder, as with the default sqlite:///outputs/optuna.db
@@ -162,42 +162,62 @@ def test_seed_comparison_dry_run(capsys):
 
     assert seed_main(["--dry-run", "--out", "o", "device=cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 12  # 4 rows x 3 seeds, every row's seed 0 first
     assert "experiment=tutorial " in lines[0] and "experiment=tutorial_fixed" in lines[1]
     assert "experiment" not in lines[2] and "model=cnn" in lines[3]
     assert all("device=cpu" in line and "-m vit_lab.train" in line for line in lines)
+    assert [line.split("trainer.seed=")[1][0] for line in lines] == list("000011112222")
+    assert lines[7].endswith(f"hydra.run.dir={os.path.join('o', '4-cnn', 'seed1')}")
+
+    assert seed_main(["--dry-run", "--seeds", "5", "--out", "o"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all("trainer.seed=5" in line for line in lines)
+    with pytest.raises(SystemExit):
+        seed_main(["--dry-run", "--seeds", "1,x"])
+    assert "--seeds '1,x'" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- real runs
 
 
+def markdown_table(text: str) -> tuple[list[str], list[list[str]]]:
+    """The first markdown table in text: its header cells and rows."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start:end]]
+    return cells[0], cells[2:]
+
+
 @pytest.mark.slow
 def test_seed_comparison_table_from_real_runs(lab):
     proc = lab["procs"]["seed"]
-    assert proc.stdout.startswith("| run"), proc.stdout[:500]  # stdout holds only the table; logs go to stderr
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("|")][2:]  # header and rule skipped
-    assert len(rows) == 4, proc.stdout
-    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
-    assert [c[2] for c in cells] == ["tutorial", "tutorial_fixed", "-", "-"]  # experiment
-    assert [c[3] for c in cells] == ["vit", "vit", "vit", "cnn"]  # model
-    assert cells[0][7] == "1.6k"  # the tutorial's 1,642 parameters
-    assert sum(row.count("**") for row in rows) == 2  # one best run, in bold
-    for name in ("1-tutorial", "2-tutorial_fixed", "3-vit", "4-cnn"):
-        m = read_json(lab["out"] / "seed" / name / "metrics.json")
+    assert proc.stdout.startswith("| experiment"), proc.stdout[:500]  # stdout holds only tables; logs go to stderr
+    header, cells = markdown_table(proc.stdout)
+    assert header[:3] == ["experiment", "model", "n"], header
+    assert len(cells) == 4, proc.stdout
+    assert [c[0] for c in cells] == ["tutorial", "tutorial_fixed", "-", "-"]  # the rows in the folders' order
+    assert [c[1] for c in cells] == ["vit", "vit", "vit", "cnn"]
+    assert [c[2] for c in cells] == ["1"] * 4  # one seed each
+    assert cells[0][header.index("params")] == "1.6k"  # the tutorial's 1,642 parameters
+    for row, name in zip(cells, ("1-tutorial", "2-tutorial_fixed", "3-vit", "4-cnn")):
+        m = read_json(lab["out"] / "seed" / name / "seed0" / "metrics.json")
         assert m["status"] == "completed"
-        assert f"{100 * m['test_acc']:.2f}%" in proc.stdout
+        assert row[header.index("test acc")] == f"{100 * m['test_acc']:.2f}%"
+    assert "Welch's t-test (test_acc)" in proc.stdout  # undefined with one run per row: empty cells, no crash
 
 
 @pytest.mark.slow
 def test_seed_comparison_keeps_completed_runs(lab, capsys):
     from vit_lab.compare.seed_comparison import main as seed_main
 
-    before = {p: p.stat().st_mtime_ns for p in (lab["out"] / "seed").glob("*/metrics.json")}
-    assert seed_main(["--out", str(lab["out"] / "seed"), "--format", "csv", *SEED_TINY]) == 0
+    before = {p: p.stat().st_mtime_ns for p in (lab["out"] / "seed").glob("*/seed0/metrics.json")}
+    assert len(before) == 4
+    assert seed_main(["--out", str(lab["out"] / "seed"), "--seeds", "0", "--format", "csv", *SEED_TINY]) == 0
     out, err = capsys.readouterr()
     assert err.count("keeping completed") == 4
     assert len(list(csv.DictReader(io.StringIO(out)))) == 4
-    assert before == {p: p.stat().st_mtime_ns for p in (lab["out"] / "seed").glob("*/metrics.json")}
+    assert before == {p: p.stat().st_mtime_ns for p in (lab["out"] / "seed").glob("*/seed0/metrics.json")}
 
 
 @pytest.mark.slow
@@ -211,7 +231,7 @@ def test_table_fits_80_columns_and_shows_only_differing_keys(lab, capsys, monkey
     assert "n_heads" in header and "depth" not in header and "patch_size" not in header
     assert sum(" completed  " in line for line in lines) == 2 and sum(line.startswith("*  ") for line in lines) == 1
 
-    rc, out, err = compare(capsys, "outputs/grid", "outputs/seed/4-cnn", "--format", "json")
+    rc, out, err = compare(capsys, "outputs/grid", "outputs/seed/4-cnn/seed0", "--format", "json")
     doc = json.loads(out)
     assert doc["differing"][0] == "model" and "model.n_heads" in doc["differing"]  # the choice, then the leaves
     assert "model.width" in doc["differing"] and "data.name" not in doc["differing"]
@@ -220,7 +240,7 @@ def test_table_fits_80_columns_and_shows_only_differing_keys(lab, capsys, monkey
     assert rc == 0, err
     assert all(len(line) <= 80 for line in out.splitlines()), out
     assert "Not shown for width" in out and "corrupt" in out and "study 't'" in out
-    assert os.path.join("outputs", "seed", "3-vit") in out or "seed/3-vit" in out
+    assert ".../seed0" in out  # the seed comparison's runs, their paths shortened to fit
 
 
 @pytest.mark.slow
@@ -254,7 +274,7 @@ def test_sort_top_where(lab, capsys, monkeypatch):
 
     rc, out, _ = compare(capsys, "--where", "model=cnn", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert [Path(r["path"]).name for r in rows] == ["4-cnn"]
+    assert [Path(r["path"]).parent.name for r in rows] == ["4-cnn"]
 
     rc, out, _ = compare(capsys, "outputs/grid", "--where", "test_acc>=0", "--where", "model.n_heads!=4",
                          "--columns", "path,model.n_heads,test_acc", "--format", "csv")
@@ -402,3 +422,107 @@ def test_sweep_summary_resolves_interpolated_study_name_and_counts_states(tmp_pa
     assert set(s["importances"]) == {"model.depth", "optimizer.lr"}
     rc, out, _ = compare(capsys, sweep, "--width", "80")
     assert "trials: 4 complete, 1 pruned, 1 failed" in out and all(len(line) <= 80 for line in out.splitlines())
+
+
+# --------------------------------------------------------------------------- groups and statistics (hand-made runs)
+
+
+def make_seed_runs(root: Path) -> dict[str, list[dict]]:
+    """Runs of two models x four seeds with made-up metrics, one of them failed (it must not count)."""
+    made: dict[str, list[dict]] = {"vit": [], "cnn": []}
+    accs = {"vit": [0.9904, 0.9921, 0.9913, 0.9880], "cnn": [0.9934, 0.9929, 0.9941, 0.9937]}
+    for model, values in accs.items():
+        for seed, acc in enumerate(values):
+            status = "failed" if (model, seed) == ("vit", 3) else "completed"
+            m = {"status": status, "test_acc": acc, "best_val_acc": acc + 0.0005, "test_loss": 0.04 - acc / 30,
+                 "n_params": 1000 if model == "vit" else 500, "train_seconds": 300.0 + 7 * seed,
+                 "epochs": 15, "epochs_completed": 15}
+            run = make_run(root / model / f"seed{seed}", m, config={
+                "model": {"_target_": "x"}, "data": {"name": "mnist"}, "trainer": {"seed": seed}, "optimizer": {"lr": 0.1}})
+            (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {
+                "runtime": {"choices": {"model": model}}, "overrides": {"task": [f"trainer.seed={seed}"]}}}))
+            if status == "completed":
+                made[model].append(m)
+    return made
+
+
+def test_group_statistics_equal_direct_numbers(tmp_path, capsys):
+    import statistics
+
+    from scipy import stats
+
+    made = make_seed_runs(tmp_path)
+    rc, out, err = compare(capsys, tmp_path, "--group-by", "model", "--stats", "test_acc,test_loss,params",
+                           "--test", "--format", "json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    groups = {g["values"]["model"]: g for g in doc["groups"]}
+    assert list(groups) == ["cnn", "vit"] and len(groups["vit"]["runs"]) == 4
+    for model, runs in made.items():
+        for metric in ("test_acc", "test_loss"):
+            values = [m[metric] for m in runs]
+            st = groups[model]["stats"][metric]
+            n, mean, sd = len(values), statistics.mean(values), statistics.stdev(values)
+            half = stats.t.ppf(0.975, n - 1) * sd / n ** 0.5
+            assert st["n"] == n == (3 if model == "vit" else 4)
+            assert st["values"] == values
+            assert st["mean"] == pytest.approx(mean, rel=1e-12) and st["std"] == pytest.approx(sd, rel=1e-12)
+            assert (st["ci_low"], st["ci_high"]) == pytest.approx((mean - half, mean + half), rel=1e-12)
+        assert groups[model]["stats"]["n_params"] == {"n": len(runs), "mean": runs[0]["n_params"], "std": 0.0,
+                                                       "ci_low": runs[0]["n_params"], "ci_high": runs[0]["n_params"],
+                                                       "values": [runs[0]["n_params"]] * len(runs)}
+    (test,) = doc["tests"]
+    a, b = [m["test_acc"] for m in made["cnn"]], [m["test_acc"] for m in made["vit"]]
+    ref = stats.ttest_ind(b, a, equal_var=False)
+    assert (test["a"], test["b"], test["n_a"], test["n_b"]) == ("model=cnn", "model=vit", 4, 3)
+    assert test["t"] == ref.statistic and test["p"] == ref.pvalue and test["df"] == ref.df
+    va, vb = statistics.variance(a) / 4, statistics.variance(b) / 3  # Welch-Satterthwaite, by hand
+    assert test["df"] == pytest.approx((va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2), rel=1e-9)
+    assert test["diff"] == pytest.approx(statistics.mean(b) - statistics.mean(a), rel=1e-12)
+
+    rc, out, _ = compare(capsys, tmp_path, "--group-by", "model", "--test", "--format", "markdown")
+    header, rows = markdown_table(out)
+    cnn = groups["cnn"]["stats"]["test_acc"]
+    assert header[:4] == ["model", "n", "test acc (mean ± 95% CI)", "test acc sd"]
+    assert rows[0][:4] == ["cnn", "4", f"{100 * cnn['mean']:.2f}% ± {100 * (cnn['ci_high'] - cnn['mean']):.2f}",
+                           f"{100 * cnn['std']:.2f}"]
+    assert rows[1][1] == "3 of 4"  # the failed run is listed but not counted
+    assert f"{ref.pvalue:.2g}" in out.split("Welch")[1]
+
+
+def test_diff_of_run_folders_is_a_welch_test(tmp_path, capsys):
+    from scipy import stats
+
+    made = make_seed_runs(tmp_path)
+    rc, out, err = compare(capsys, "diff", tmp_path / "vit", tmp_path / "cnn", "--format", "json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert len(doc["runs_a"]) == 4 and len(doc["runs_b"]) == 4
+    for metric in ("test_acc", "best_val_acc", "test_loss"):
+        a, b = [m[metric] for m in made["vit"]], [m[metric] for m in made["cnn"]]
+        ref = stats.ttest_ind(b, a, equal_var=False)
+        w = doc["metrics"][metric]["welch"]
+        assert (w["t"], w["p"], w["df"]) == (ref.statistic, ref.pvalue, ref.df)
+        assert (w["ci_low"], w["ci_high"]) == tuple(ref.confidence_interval(0.95))
+        assert doc["metrics"][metric]["a"]["n"] == 3
+    rc, out, _ = compare(capsys, "diff", tmp_path / "vit", tmp_path / "cnn")
+    assert "Welch's t-test, B - A" in out and "pp" in out
+
+
+def test_sweep_jobs_in_trial_order(tmp_path, capsys):
+    for job in range(12):
+        make_run(tmp_path / "sweep" / str(job), {"status": "completed", "test_acc": job / 100})
+    rc, out, _ = compare(capsys, tmp_path / "sweep", "--format", "csv")
+    assert [Path(r["path"]).name for r in csv.DictReader(io.StringIO(out))] == [str(j) for j in range(12)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--test"], "go with --group-by"),
+    (["--group-by", "nope"], "no run has this key"),
+    (["--group-by", "model", "--stats", "model"], "pick numeric metrics"),
+    (["--group-by", "model", "--test", "device"], "pick a numeric metric"),
+])
+def test_group_errors_are_one_line(tmp_path, capsys, args, message):
+    make_seed_runs(tmp_path)
+    rc, out, err = compare(capsys, tmp_path, *args)
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1 and message in err, err

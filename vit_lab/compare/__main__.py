@@ -5,6 +5,8 @@
     python -m vit_lab.compare --sort test_acc --top 10 --where model.patch_size=4
     python -m vit_lab.compare --format markdown|csv|json
     python -m vit_lab.compare diff RUN_A RUN_B
+    python -m vit_lab.compare outputs/seed_comparison --group-by model --test test_acc
+    python -m vit_lab.compare diff outputs/seed_comparison/3-vit outputs/seed_comparison/4-cnn
     python -m vit_lab.compare --plot curves.png
     python -m vit_lab.compare --plot sweep.png --x model.patch_size
     python -m vit_lab.compare outputs/multirun/... --plot history.png --history
@@ -19,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from vit_lab.compare.runs import NoRunsError, display_path, is_run_dir, load_run, walk
+from vit_lab.compare.runs import NoRunsError, display_path, is_run_dir, load_run, natural_key, walk
 from vit_lab.compare.table import (METRICS, UsageError, best_run, canonical, build_columns, render_csv, render_json, render_text,
                                    select)
 
@@ -55,14 +57,22 @@ def _table_parser() -> argparse.ArgumentParser:
     p.add_argument("--y", metavar="METRIC", help="with --plot --x: the metric (default: the sort metric, else test_acc)")
     p.add_argument("--history", action="store_true", help="with --plot: the Optuna studies' optimisation history")
     p.add_argument("--no-sweeps", action="store_true", help="skip the Optuna sweep summaries")
+    p.add_argument("--group-by", metavar="KEYS", help="statistics per group of runs instead of one row per run: "
+                   "comma-separated choices or config keys (e.g. model or model,trainer.epochs); mean ± 95%% CI, "
+                   "sd and n of each --stats metric over completed runs")
+    p.add_argument("--stats", metavar="LIST", help="with --group-by: the metrics (default test_acc,best_val_acc,test_loss)")
+    p.add_argument("--test", metavar="METRIC", nargs="?", const="test_acc",
+                   help="with --group-by: Welch's t-test of METRIC (default test_acc) for every pair of groups")
     return p
 
 
 def _diff_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=f"{PROG} diff", description="Differing config keys side by side, and metric differences.")
+    p = _Parser(prog=f"{PROG} diff", description="Differing config keys side by side, and metric differences; for "
+                "two folders of several runs each (e.g. seeds), each side's mean ± 95% CI and Welch's t-test.")
     p.add_argument("run_a", metavar="RUN_A")
     p.add_argument("run_b", metavar="RUN_B")
     p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    p.add_argument("--stats", metavar="LIST", help="for folders of runs: the metrics (default test_acc,best_val_acc,test_loss)")
     return p
 
 
@@ -70,15 +80,22 @@ def _run_diff(argv: Sequence[str]) -> int:
     from vit_lab.compare.diff import render_diff
 
     args = _diff_parser().parse_args(argv)
-    runs = []
+    sides = []
     for given in (args.run_a, args.run_b):
         path = Path(given)
         if not path.is_dir():
             raise NoRunsError(f"{given}: no such directory")
-        if not is_run_dir(path):
-            raise NoRunsError(f"{given}: not a run directory (no .hydra/ inside)")
-        runs.append(load_run(path))
-    print(render_diff(*runs, fmt=args.format))
+        found = [path] if is_run_dir(path) else walk([path])[0]
+        if not found:
+            raise NoRunsError(f"{given}: neither a run directory (no .hydra/ inside) nor a folder of runs")
+        sides.append(sorted((load_run(d) for d in found), key=lambda r: natural_key(r.path)))
+    if all(len(s) == 1 for s in sides) and all(is_run_dir(Path(g)) for g in (args.run_a, args.run_b)):
+        print(render_diff(sides[0][0], sides[1][0], fmt=args.format))
+        return 0
+    from vit_lab.compare.stats import Group, parse_stats, render_group_diff
+
+    a, b = (Group(("path",), (given,), runs, name=given) for given, runs in zip((args.run_a, args.run_b), sides))
+    print(render_group_diff(a, b, parse_stats(args.stats, [*a.runs, *b.runs]), args.format))
     return 0
 
 
@@ -88,15 +105,22 @@ def _run_table(argv: Sequence[str]) -> int:
         raise UsageError("--x and --history go with --plot FILE.png")
     if args.x and args.history:
         raise UsageError("--plot takes either --x KEY or --history, not both")
+    if (args.stats or args.test) and not args.group_by:
+        raise UsageError("--stats and --test go with --group-by KEYS")
     run_dirs, sweep_dirs = walk(args.paths)
     if not run_dirs:
         raise NoRunsError(f"no runs under {', '.join(args.paths)} (a run is a folder with .hydra/ inside)")
     from vit_lab.compare.runs import _relative_if_inside
 
-    runs = sorted((load_run(_relative_if_inside(d)) for d in run_dirs), key=lambda r: r.path)
+    runs = sorted((load_run(_relative_if_inside(d)) for d in run_dirs), key=lambda r: natural_key(r.path))
     shown = select(runs, args.where, args.sort, args.reverse, args.top)
     if not shown:
         raise NoRunsError(f"no run matches --where {' '.join(args.where)} ({len(runs)} runs found)")
+    if args.group_by:
+        from vit_lab.compare.stats import render_groups
+
+        print(render_groups(shown, args.group_by, args.stats, args.test, args.format))
+        return 0
     spec = args.columns.split(",") if args.columns else None
     columns, diff_keys = build_columns(shown, spec)
     best, best_key = best_run(shown, args.sort)

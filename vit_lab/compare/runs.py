@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,10 +228,15 @@ def walk(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
     return list(runs), list(sweeps)
 
 
+def natural_key(path: str) -> list:
+    """Sort key that orders numbered folders by number (a sweep's jobs 0, 1, 2, ..., 10), dates chronologically."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
 def discover(paths: Iterable[str | os.PathLike]) -> list[RunInfo]:
-    """Every run under the paths, sorted by path (dates and times sort chronologically)."""
+    """Every run under the paths, in path order with numbers compared as numbers (``natural_key``)."""
     run_dirs, _ = walk(paths)
-    return sorted((load_run(_relative_if_inside(d)) for d in run_dirs), key=lambda r: r.path)
+    return sorted((load_run(_relative_if_inside(d)) for d in run_dirs), key=lambda r: natural_key(r.path))
 
 
 def _relative_if_inside(path: Path) -> Path:

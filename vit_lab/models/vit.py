@@ -127,6 +127,15 @@ class MyMSA(nn.Module):
         out = out.transpose(1, 2).reshape(b, nq, d)  # concatenate heads
         return self.proj_drop(self.proj(out)) if self.style == "fused" else out
 
+    def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, d) -> softmax(q k^T / sqrt(dh)) of every head, (B, h, N, N), in fp32: the probabilities every
+        kernel uses. A side path for inspection (the cpu and sdpa kernels never materialise them): forward()
+        does not call it, so training pays nothing for it."""
+        b, n, d = x.shape
+        w, bias = self.qkv_params()
+        q, k = F.linear(x, w[: 2 * d], bias[: 2 * d]).reshape(b, n, 2, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        return ((q * self.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)
+
 
 class MyViTBlock(nn.Module):
     """Pre-norm transformer encoder block: x + MSA(LN(x)), then x + MLP(LN(x))."""
@@ -222,6 +231,22 @@ class MyViT(nn.Module):
         x = x[:, 0] if self.pool == "cls" else self.norm(x.mean(dim=1))  # (B, d)
         logits = self.mlp(x)
         return logits.softmax(dim=-1) if self.head_softmax else logits
+
+    def forward_with_attention(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """forward()'s output and each block's attention probabilities, (B, h, N, N) per block (token 0 is the
+        class token with cls pooling). Every block computes every token here (no last-block shortcut); a side path
+        for inspection, which forward() and training never take."""
+        tokens = self.linear_mapper(patchify(images, self.patch_size))  # forward()'s embedding
+        if self.class_token is not None:
+            tokens = torch.cat([self.class_token.expand(tokens.shape[0], 1, -1), tokens], dim=1)
+        x = self.drop(tokens + self.pos_embed)
+        maps = []
+        for block in self.blocks:
+            maps.append(block.mhsa.attention_probs(block.norm1(x)))
+            x = block(x)
+        x = x[:, 0] if self.pool == "cls" else self.norm(x.mean(dim=1))
+        logits = self.mlp(x)
+        return (logits.softmax(dim=-1) if self.head_softmax else logits), maps
 
 
 def check_vit_shape(chw: Sequence[int], patch_size: int | Sequence[int], hidden_d: int, n_heads: int,
