@@ -9,6 +9,7 @@ accuracies are measured on the same images.
     python -m benchmarks.screening_fidelity                  # train what is missing, then print the table (hours)
     python -m benchmarks.screening_fidelity --report         # only the table, from the runs already there
     python -m benchmarks.screening_fidelity --time           # 1 epoch on all data per config: seconds per epoch
+    python -m benchmarks.screening_fidelity --budgets e3-n5k --max-minutes 8   # one budget, in short pieces
     python -m benchmarks.screening_fidelity --smoke --out /tmp/s   # a few seconds: checks the plumbing
 
 Resumable: each run is `python -m vit_lab.train ... hydra.run.dir=<out>/<budget>/<config>`; completed runs are
@@ -206,19 +207,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", nargs="*", default=list(BUDGETS), choices=list(BUDGETS))
     p.add_argument("--configs", type=int, default=len(CONFIGS), help="use the first N configs")
     p.add_argument("--smoke", action="store_true", help="tiny models and data: checks the plumbing in seconds")
+    p.add_argument("--max-minutes", type=float, metavar="M",
+                   help="start no new run after M minutes (run the command again to go on)")
     a = p.parse_args(argv)
     configs = CONFIGS[: a.configs]
     if a.time:
         time_epochs(a.out, configs, a.smoke)
         return 0
     if not a.report:
-        screening = [b for b in a.budgets if b != FULL]
-        for budget in screening:
-            for cfg in configs:
-                train(cfg, budget, a.out, a.smoke)
-        if FULL in a.budgets:
-            for cfg in sorted(configs, key=_full_cost):
-                train(cfg, FULL, a.out, a.smoke)
+        deadline = time.monotonic() + 60 * a.max_minutes if a.max_minutes else float("inf")
+        runs = [(cfg, b) for b in a.budgets if b != FULL for cfg in configs]
+        runs += [(cfg, FULL) for cfg in sorted(configs, key=_full_cost)] if FULL in a.budgets else []
+        for cfg, budget in runs:
+            if time.monotonic() > deadline:
+                print(f"--max-minutes {a.max_minutes:g} reached: run the same command again to go on", flush=True)
+                break
+            train(cfg, budget, a.out, a.smoke)
     report(a.out, configs)
     return 0
 
