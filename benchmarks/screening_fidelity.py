@@ -13,7 +13,8 @@ accuracies are measured on the same images.
     python -m benchmarks.screening_fidelity --smoke --out /tmp/s   # a few seconds: checks the plumbing
 
 Resumable: each run is `python -m vit_lab.train ... hydra.run.dir=<out>/<budget>/<config>`; completed runs are
-skipped, a killed full-budget run continues from its checkpoint. Screening budgets run first (cheap), then
+skipped, a killed full-budget run continues from its checkpoint. Accuracy runs use one thread (--threads), which
+changes only the rounding of the sums, and keeps them fast on a shared machine. Screening budgets run first (cheap), then
 the full budget, cheapest configuration first. Results: `<out>/fidelity.json` and `<out>/fidelity.md`.
 """
 
@@ -87,12 +88,14 @@ def run_status(run_dir: Path) -> str | None:
         return None
 
 
-def train(cfg: tuple, budget: str, out: Path, smoke: bool = False, extra: list[str] | None = None) -> dict | None:
+def train(cfg: tuple, budget: str, out: Path, smoke: bool = False, extra: list[str] | None = None,
+          threads: int | None = 1) -> dict | None:
     """One run, unless it is already complete; a killed run with a checkpoint is resumed in place."""
     run_dir = out / budget / cfg[0]
     if run_status(run_dir) == "completed":
         return read_json(run_dir / "metrics.json")
     args = config_overrides(cfg) + budget_overrides(budget, smoke) + (SMOKE if smoke else []) + list(extra or [])
+    args.append(f"device.threads={'null' if threads is None else threads}")
     if (run_dir / "checkpoint.pt").is_file():
         args.append(f"resume={run_dir}")
     cmd = [sys.executable, "-m", "vit_lab.train", *args, f"hydra.run.dir={run_dir}"]
@@ -207,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", nargs="*", default=list(BUDGETS), choices=list(BUDGETS))
     p.add_argument("--configs", type=int, default=len(CONFIGS), help="use the first N configs")
     p.add_argument("--smoke", action="store_true", help="tiny models and data: checks the plumbing in seconds")
+    p.add_argument("--threads", type=lambda v: None if v == "null" else int(v), default=1,
+                   help="device.threads of the accuracy runs (default 1: a second process on a 2-core machine stalls a "
+                        "2-thread run's OpenMP barriers; 'null' = torch's default); --time keeps torch's default")
     p.add_argument("--max-minutes", type=float, metavar="M",
                    help="start no new run after M minutes (run the command again to go on)")
     a = p.parse_args(argv)
@@ -222,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() > deadline:
                 print(f"--max-minutes {a.max_minutes:g} reached: run the same command again to go on", flush=True)
                 break
-            train(cfg, budget, a.out, a.smoke)
+            train(cfg, budget, a.out, a.smoke, threads=a.threads)
     report(a.out, configs)
     return 0
 
