@@ -15,7 +15,7 @@ from conftest import REPO
 if str(REPO) not in sys.path:  # benchmarks/ is run from a checkout (`python -m benchmarks.x`), not installed
     sys.path.insert(0, str(REPO))
 
-from benchmarks import cost, gpu, peak, throughput, time_to_accuracy  # noqa: E402
+from benchmarks import cost, gpu, peak, pruner_comparison, screening_fidelity, throughput, time_to_accuracy  # noqa: E402
 from benchmarks._common import SIZES, build_timm, build_vit_lab, build_vit_pytorch, n_params  # noqa: E402
 from benchmarks.tutorial_model import TutorialViT, copy_into_vit_lab, loop_patchify  # noqa: E402
 from vit_lab.models import MyViT, get_positional_embeddings, patchify  # noqa: E402
@@ -220,3 +220,59 @@ def test_logging_overhead_micro_budget():
     assert set(r["loggers"]) == {"tensorboard", "csv"} and r["default_epoch_seconds"] > 0
     for v in r["loggers"].values():
         assert 0 < v["per_epoch_seconds"] < v["one_off_seconds"] + 1 and 0 < v["per_epoch_share"] < 1
+
+
+def test_screening_fidelity_rank_correlation_by_hand():
+    """Spearman's rho of a screening budget against the full budget, its winner's full rank, and the leading
+    epochs of the full runs, on hand-made accuracies: ranks (3, 4, 2, 1) against (4, 3, 2, 1) give
+    rho = 1 - 6 * 2 / (4 * 15) = 0.8."""
+    full = {"a": 0.99, "b": 0.98, "c": 0.97, "d": 0.96}
+    screen = {"a": 0.5, "b": 0.6, "c": 0.4, "d": 0.3}
+    curves = {"a": [0.5, 0.9, 0.99], "b": [0.6, 0.8, 0.98], "c": [0.7, 0.7, 0.97], "d": [0.65, 0.6, 0.96]}
+    table = {"full": {k: {"best_val_acc": v, "val_curve": curves[k], "train_seconds": 10.0, "n_params": 1}
+                      for k, v in full.items()},
+             "e3-n5k": {k: {"best_val_acc": v, "val_curve": [], "train_seconds": 1.0, "n_params": 1}
+                        for k, v in screen.items()}}
+    rows = {r["budget"]: r for r in screening_fidelity.fidelity(table)}
+    r = rows["e3-n5k"]
+    assert r["spearman"] == pytest.approx(0.8) and r["n"] == 4
+    assert (r["winner"], r["winner_full_rank"]) == ("b", 2)
+    assert r["images_per_trial"] == 15000 and r["cost_vs_full"] == pytest.approx(15000 / 825000)
+    assert rows["e1-all"]["spearman"] is None and rows["e1-all"]["n"] == 0  # not run: no figure
+    assert rows["full, first 1 epoch"]["spearman"] == pytest.approx(-0.8)  # the curves cross
+    assert rows["full, first 2 epochs"]["spearman"] == pytest.approx(1.0)  # best of epochs 1-2
+    assert "| e3-n5k | 15,000 | 1.8% | 0.80 (0.2) | 2 of 4 |" in screening_fidelity.markdown(table, list(rows.values()))
+
+
+@pytest.mark.slow
+def test_screening_fidelity_smoke_is_resumable(tmp_path, capsys):
+    args = ["--smoke", "--configs", "3", "--budgets", "e1-all", "full", "--out", str(tmp_path)]
+    assert screening_fidelity.main(args) == 0
+    doc = json.loads((tmp_path / "fidelity.json").read_text())
+    assert set(doc["val_acc"]["full"]) == set(doc["val_acc"]["e1-all"]) == {c[0] for c in screening_fidelity.CONFIGS[:3]}
+    (row,) = [r for r in doc["rows"] if r["budget"] == "e1-all"]
+    assert row["n"] == 3 and -1 <= row["spearman"] <= 1
+    first = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/*/metrics.json")}
+    assert len(first) == 6
+    capsys.readouterr()
+    assert screening_fidelity.main(args) == 0  # everything is there: nothing is trained again
+    assert "best val" not in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/*/metrics.json")} == first
+
+
+@pytest.mark.slow
+def test_pruner_comparison_smoke(tmp_path):
+    tiny = ["trainer.epochs=2", "data.train_limit=256", "data.val_size=128", "data.test_limit=128", "model.depth=1",
+            "model.hidden_d=16", "model.patch_size=7", "trainer.batch_size=64", "trainer.progress=false"]
+    args = ["--trials", "2", "--pruners", "median", "nop", "--out", str(tmp_path), "--retrain", "--full-overrides",
+            *tiny, "--", *tiny]
+    assert pruner_comparison.main(args) == 0
+    doc = json.loads((tmp_path / "pruners.json").read_text())
+    rows = {r["pruner"]: r for r in doc["rows"]}
+    assert set(rows) == {"median", "nop"}
+    # the median pruner never prunes its first 4 trials: both sweeps train the same 2 seeded configurations
+    for r in rows.values():
+        assert (r["complete"], r["pruned"], r["epochs"]) == (2, 0, 4) and r["wall_seconds"] > 0
+        assert r["full"]["best_val_acc"] > 0 and os.path.isdir(r["full"]["run_dir"])
+    assert rows["median"]["best"]["params"] == rows["nop"]["best"]["params"] and doc["same_best"] is True
+    assert "| median | 2 | 0 | 4 |" in (tmp_path / "pruners.md").read_text()

@@ -526,3 +526,97 @@ def test_group_errors_are_one_line(tmp_path, capsys, args, message):
     make_seed_runs(tmp_path)
     rc, out, err = compare(capsys, tmp_path, *args)
     assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def _multi_objective_sweep(tmp_path: Path):
+    """A two-objective study made with Optuna's API (maximise val_acc, minimise seconds_per_epoch) and a sweep
+    folder whose hydra.yaml points at it, as a multi-objective vit_optuna sweep leaves them."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="pareto-mnist", storage=storage, directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.set_metric_names(["val_acc", "seconds_per_epoch"])
+    points = [(0.90, 1.0), (0.95, 2.0), (0.93, 3.0), (0.97, 5.0), (0.96, 5.0), (0.80, 0.5), None, (0.95, 2.5)]
+    for p in points:
+        trial = study.ask()
+        trial.suggest_int("model.depth", 1, 6)
+        trial.suggest_categorical("model.patch_size", [4, 7])
+        study.tell(trial, list(p) if p else None, state=TrialState.COMPLETE if p else TrialState.FAIL)
+    sweep = tmp_path / "sweep"
+    job = make_run(sweep / "0", {"status": "completed", "best_val_acc": 0.9, "test_acc": 0.9},
+                   config={"model": {}, "data": {"name": "mnist"}, "trainer": {}, "optimizer": {}})
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {
+        "sweeper": {"_target_": "hydra_plugins.vit_lab_sweeper.vit_optuna_sweeper.VitOptunaSweeper",
+                    "storage": storage, "study_name": "pareto-${data.name}", "direction": ["maximize", "minimize"]},
+        "runtime": {"choices": {"model": "vit"}}, "overrides": {"task": []}}}))
+    # what hydra-optuna-sweeper writes for a multi-objective study: the Pareto front as `solutions`
+    (sweep / "optimization_results.yaml").write_text(yaml.safe_dump({"name": "optuna", "solutions": [
+        {"params": t.params, "values": t.values} for t in study.best_trials]}))
+    return study, sweep, points
+
+
+def test_multi_objective_sweep_summary_lists_the_pareto_front(tmp_path, capsys):
+    study, sweep, points = _multi_objective_sweep(tmp_path)
+    done = {i: p for i, p in enumerate(points) if p}
+    # non-dominated by hand: no other trial at least as accurate and at most as costly, and better in one
+    front = {i for i, (a, c) in done.items()
+             if not any(a2 >= a and c2 <= c and (a2, c2) != (a, c) for a2, c2 in done.values())}
+    assert front == {0, 1, 3, 5}
+    rc, out, err = compare(capsys, sweep, "--format", "json")
+    assert rc == 0, err
+    (s,) = json.loads(out)["sweeps"]
+    assert s["study"] == "pareto-mnist" and s["direction"] == "maximize, minimize"
+    assert s["objectives"] == [{"name": "val_acc", "direction": "maximize"},
+                               {"name": "seconds_per_epoch", "direction": "minimize"}]
+    assert s["trials"]["complete"] == 7 and s["trials"]["fail"] == 1 and s.get("best") is None
+    assert [p["trial"] for p in s["pareto"]] == [3, 1, 0, 5]  # most accurate first
+    assert s["pareto"][0]["values"] == {"val_acc": 0.97, "seconds_per_epoch": 5.0}
+    assert s["pareto"][0]["params"] == study.trials[3].params
+    assert set(s["importances_by_objective"]) == {"val_acc", "seconds_per_epoch"}
+    for imp in s["importances_by_objective"].values():
+        assert set(imp) == {"model.depth", "model.patch_size"} and sum(imp.values()) == pytest.approx(1.0)
+
+    rc, out, _ = compare(capsys, sweep, "--format", "markdown")  # not wrapped to a terminal
+    assert rc == 0
+    assert "study 'pareto-mnist'" in out and "maximize val_acc, minimize seconds_per_epoch" in out
+    assert "Pareto front (trials no other trial beats in every objective): 4" in out
+    assert "trial 3: val_acc 0.97, seconds_per_epoch 5" in out and "importance for val_acc:" in out
+    rc, out, _ = compare(capsys, sweep, "--width", "80")
+    assert rc == 0 and all(len(line) <= 80 for line in out.splitlines())
+
+    (tmp_path / "optuna.db").rename(tmp_path / "moved.db")  # the storage is gone: the front from the results file
+    rc, out, err = compare(capsys, sweep, "--format", "json")
+    (s,) = json.loads(out)["sweeps"]
+    assert rc == 0 and "not found" in s["note"]
+    assert sorted(p["values"]["objective 0"] for p in s["pareto"]) == [0.8, 0.9, 0.95, 0.97]
+
+
+def test_pareto_and_history_plots_of_a_multi_objective_study(tmp_path, capsys):
+    _, sweep, _ = _multi_objective_sweep(tmp_path)
+    rc, _, err = compare(capsys, sweep, "--plot", tmp_path / "pareto.png", "--pareto")
+    assert rc == 0, err
+    assert "Pareto front (4 Pareto-optimal trials)" in err
+    assert _png(tmp_path / "pareto.png") == (800, 600)
+    rc, _, err = compare(capsys, sweep, "--plot", tmp_path / "history.png", "--history")  # its first objective
+    assert rc == 0 and "7 trials" in err and _png(tmp_path / "history.png") == (900, 500)
+    rc, _, err = compare(capsys, sweep, "--pareto")
+    assert rc == 2 and "go with --plot" in err
+
+
+def test_pareto_plot_of_a_single_objective_sweep_is_one_line(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="single", storage=storage, direction="maximize")
+    study.enqueue_trial({"x": 1.0})
+    study.optimize(lambda t: t.suggest_float("x", 0, 2), n_trials=1)
+    job = make_run(tmp_path / "sweep" / "0", {"status": "completed", "best_val_acc": 0.5, "test_acc": 0.5})
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {
+        "sweeper": {"_target_": "x.OptunaSweeper", "storage": storage, "study_name": "single",
+                    "direction": "maximize"}, "runtime": {"choices": {}}, "overrides": {"task": []}}}))
+    proc = run_module("vit_lab.compare", str(tmp_path / "sweep"), "--plot", str(tmp_path / "p.png"), "--pareto")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "no multi-objective Optuna study" in proc.stderr and not (tmp_path / "p.png").exists()

@@ -10,6 +10,7 @@
     python -m vit_lab.compare --plot curves.png
     python -m vit_lab.compare --plot sweep.png --x model.patch_size
     python -m vit_lab.compare outputs/multirun/... --plot history.png --history
+    python -m vit_lab.compare outputs/multirun/... --plot pareto.png --pareto   # a multi-objective sweep
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ def _table_parser() -> argparse.ArgumentParser:
                    "markdown, csv or json (full precision)")
     p.add_argument("--width", type=int, metavar="N", help="terminal width to fit (default: the terminal's, else 80)")
     p.add_argument("--plot", metavar="FILE.png", help="write a PNG: learning curves; with --x a metric against "
-                   "a parameter; with --history the Optuna optimisation history")
+                   "a parameter; with --history the Optuna optimisation history; with --pareto a study's Pareto front")
     p.add_argument("--x", metavar="KEY", help="with --plot: the parameter for the x axis (e.g. model.patch_size)")
     p.add_argument("--y", metavar="METRIC", help="with --plot --x: the metric (default: the sort metric, else test_acc)")
     p.add_argument("--history", action="store_true", help="with --plot: the Optuna studies' optimisation history")
+    p.add_argument("--pareto", action="store_true", help="with --plot: the Pareto front of a multi-objective study")
     p.add_argument("--no-sweeps", action="store_true", help="skip the Optuna sweep summaries")
     p.add_argument("--group-by", metavar="KEYS", help="statistics per group of runs instead of one row per run: "
                    "comma-separated choices or config keys (e.g. model or model,trainer.epochs); mean ± 95%% CI, "
@@ -101,10 +103,10 @@ def _run_diff(argv: Sequence[str]) -> int:
 
 def _run_table(argv: Sequence[str]) -> int:
     args = _table_parser().parse_args(argv)
-    if (args.x or args.history) and not args.plot:
-        raise UsageError("--x and --history go with --plot FILE.png")
-    if args.x and args.history:
-        raise UsageError("--plot takes either --x KEY or --history, not both")
+    if (args.x or args.history or args.pareto) and not args.plot:
+        raise UsageError("--x, --history and --pareto go with --plot FILE.png")
+    if sum(map(bool, (args.x, args.history, args.pareto))) > 1:
+        raise UsageError("--plot takes one of --x KEY, --history or --pareto")
     if (args.stats or args.test) and not args.group_by:
         raise UsageError("--stats and --test go with --group-by KEYS")
     run_dirs, sweep_dirs = walk(args.paths)
@@ -126,7 +128,7 @@ def _run_table(argv: Sequence[str]) -> int:
     best, best_key = best_run(shown, args.sort)
 
     sweeps: list[dict] = []
-    if not args.no_sweeps and (sweep_dirs and (args.format != "csv" or args.history)):
+    if not args.no_sweeps and (sweep_dirs and (args.format != "csv" or args.history or args.pareto)):
         from vit_lab.compare.sweeps import summaries
 
         sweeps = summaries(sweep_dirs, lambda d: display_path(Path(_relative_if_inside(d))))
@@ -150,7 +152,10 @@ def _run_table(argv: Sequence[str]) -> int:
     if args.plot:
         from vit_lab.compare import plots
 
-        if args.history:
+        if args.pareto:
+            out, n = plots.plot_pareto(sweeps, args.plot)
+            what = f"Pareto front ({n} Pareto-optimal trials)"
+        elif args.history:
             out, n = plots.plot_history(sweeps, args.plot)
             what = f"optimisation history of {n} trials"
         elif args.x:

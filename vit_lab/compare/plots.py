@@ -1,5 +1,5 @@
 """PNG plots on matplotlib's non-interactive Agg backend: learning curves, a metric against a parameter,
-and the optimisation history of Optuna studies."""
+and the optimisation history and Pareto front of Optuna studies."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vit_lab.compare.runs import RunInfo
+from vit_lab.compare.sweeps import objective_names
 from vit_lab.compare.table import METRICS, UsageError, canonical, fmt_value, lookup, metric_value
 
 CURVES_SIZE = (12.0, 6.0)   # inches; at DPI this is 1200 x 600 pixels (the legend sits below the axes)
 PARAM_SIZE = (8.0, 5.0)     # 800 x 500
 HISTORY_SIZE = (9.0, 5.0)   # 900 x 500
+PARETO_SIZE = (8.0, 6.0)    # 800 x 600
 DPI = 100
 MAX_LEGEND = 12
 
@@ -146,17 +148,18 @@ def plot_history(summaries: Sequence[dict], out: str | Path) -> tuple[Path, int]
     for i, s in enumerate(studies):
         study, color = s["_study"], colors(i % 10)
         done = [t for t in study.get_trials(deepcopy=False)
-                if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+                if t.state == TrialState.COMPLETE and t.values and math.isfinite(t.values[0])]
         if not done:
             continue
-        maximize = study.direction.name.lower() == "maximize"
+        maximize = study.directions[0].name.lower() == "maximize"  # a multi-objective study: its first objective
         xs = [t.number for t in done]
-        vs = [t.value for t in done]
+        vs = [t.values[0] for t in done]
         best, running = [], None
         for v in vs:
             running = v if running is None else (max(running, v) if maximize else min(running, v))
             best.append(running)
-        ax.scatter(xs, vs, color=color, s=30, alpha=0.7, label=f"{study.study_name}: trials")
+        what = f" ({objective_names(study)[0]})" if len(study.directions) > 1 else ""
+        ax.scatter(xs, vs, color=color, s=30, alpha=0.7, label=f"{study.study_name}{what}: trials")
         ax.step(xs, best, where="post", color=color, label=f"{study.study_name}: best so far")
         n += len(done)
     if n == 0:
@@ -167,3 +170,37 @@ def plot_history(summaries: Sequence[dict], out: str | Path) -> tuple[Path, int]
     ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     return _save(fig, out), n
+
+
+def plot_pareto(summaries: Sequence[dict], out: str | Path) -> tuple[Path, int]:
+    """The Pareto front of the first multi-objective study (Optuna's own matplotlib plot): every complete trial,
+    the non-dominated ones highlighted. Two or three objectives."""
+    import warnings
+
+    from optuna.trial import TrialState
+    from optuna.visualization.matplotlib import plot_pareto_front
+
+    studies = [s["_study"] for s in summaries if s.get("_study") is not None and len(s["_study"].directions) > 1]
+    if not studies:
+        raise UsageError("--pareto: no multi-objective Optuna study under the given paths "
+                         "(a single-objective sweep has no Pareto front; use --history)")
+    study = studies[0]
+    if not 2 <= len(study.directions) <= 3:
+        raise UsageError(f"--pareto: study {study.study_name!r} has {len(study.directions)} objectives; "
+                         "the plot shows 2 or 3")
+    if not study.best_trials:
+        raise UsageError(f"--pareto: study {study.study_name!r} has no complete trial yet")
+    plt = _pyplot()
+    names = objective_names(study)
+    with warnings.catch_warnings(), plt.rc_context():  # optuna's plot sets the ggplot style: keep it local
+        warnings.simplefilter("ignore")  # optuna's matplotlib plots are marked experimental
+        ax = plot_pareto_front(study, target_names=names)
+        fig = ax.figure
+        fig.set_size_inches(*PARETO_SIZE)
+        if len(names) == 2:  # trial numbers beside the Pareto-optimal points, as the summary lists them
+            for t in study.best_trials:
+                ax.annotate(str(t.number), t.values, textcoords="offset points", xytext=(5, 5), fontsize="small")
+        n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        ax.set_title(f"Pareto front of {study.study_name}: {len(study.best_trials)} of {n_complete} complete trials")
+        fig.tight_layout()
+        return _save(fig, out), len(study.best_trials)

@@ -1,4 +1,5 @@
-"""Optuna sweep summaries: the study behind a sweep folder, its best trial, trial counts and importances."""
+"""Optuna sweep summaries: the study behind a sweep folder, its best trial (or, for a multi-objective study,
+its Pareto-optimal trials), trial counts and importances."""
 
 from __future__ import annotations
 
@@ -81,10 +82,14 @@ def summarize(sweep_dir: Path, display: str) -> dict | None:
                                "trials": {}, "best": None, "importances": None, "note": ""}
     if results.get("best_params") is not None:
         summary["best"] = {"trial": None, "value": results.get("best_value"), "params": results.get("best_params")}
+    if isinstance(results.get("solutions"), list):  # a multi-objective sweep writes its Pareto front
+        summary["pareto"] = [{"trial": None, "values": {f"objective {i}": v for i, v in enumerate(x.get("values") or [])}, "params": x.get("params")}
+                             for x in results["solutions"] if isinstance(x, dict)]
     if settings is None:
         summary["note"] = "sweeper settings not found; best from optimization_results.yaml"
         return summary
-    summary["direction"] = settings["direction"]
+    d = settings["direction"]
+    summary["direction"] = ", ".join(map(str, d)) if isinstance(d, list) else d
     storage = settings["storage"]
     if not storage:
         summary["note"] = "in-memory study (no hydra.sweeper.storage): only optimization_results.yaml is left"
@@ -119,29 +124,56 @@ def _load_study(url: str, name: str | None):
         return None, f"cannot load study {name!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
+def objective_names(study) -> list[str]:
+    """The study's metric names (``study.set_metric_names``), else ``objective 0``, ``objective 1``, ..."""
+    names = study.metric_names
+    return list(names) if names else [f"objective {i}" for i in range(len(study.directions))]
+
+
+def _finite_values(t) -> bool:
+    return t.values is not None and all(v is not None and math.isfinite(v) for v in t.values)
+
+
 def study_summary(study) -> dict:
-    import optuna
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in
               (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
-    out: dict[str, Any] = {"trials": counts, "direction": study.direction.name.lower(), "importances": None}
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
-    if complete:
+    directions = [d.name.lower() for d in study.directions]
+    out: dict[str, Any] = {"trials": counts, "direction": ", ".join(directions), "importances": None}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and _finite_values(t)]
+    if len(directions) > 1:
+        names = objective_names(study)
+        out["objectives"] = [{"name": n, "direction": d} for n, d in zip(names, directions)]
+        out["pareto"] = sorted(({"trial": t.number, "values": dict(zip(names, t.values)), "params": dict(t.params)}
+                                for t in study.best_trials if _finite_values(t)),
+                               key=lambda p: [p["values"][n] * (-1 if d == "maximize" else 1)
+                                              for n, d in zip(names, directions)])
+    elif complete:
         best = study.best_trial
         out["best"] = {"trial": best.number, "value": best.value, "params": dict(best.params)}
     if len(complete) >= 2:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                importances = optuna.importance.get_param_importances(study)
-            out["importances"] = {k: float(v) for k, v in importances.items()}
-        except Exception as e:  # noqa: BLE001 - e.g. no parameter varied yet
-            out["importance_note"] = f"importances unavailable ({type(e).__name__})"
+        out.update(_importances(study, objective_names(study) if len(directions) > 1 else []))
     else:
         out["importance_note"] = "importances need at least 2 complete trials"
     return out
+
+
+def _importances(study, names: list[str]) -> dict:
+    """Optuna's parameter importances: of the objective, or of each objective (``names``) of a multi-objective
+    study (whose importances need a target)."""
+    import optuna
+
+    targets = {n: (lambda t, i=i: t.values[i]) for i, n in enumerate(names)} or {"": None}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = {n: {k: float(v) for k, v in optuna.importance.get_param_importances(study, target=f).items()}
+                     for n, f in targets.items()}
+    except Exception as e:  # noqa: BLE001 - e.g. no parameter varied yet
+        return {"importance_note": f"importances unavailable ({type(e).__name__})"}
+    return {"importances": found[""]} if not names else {"importances_by_objective": found}
 
 
 def summaries(sweep_dirs: Sequence[Path], display) -> list[dict]:
@@ -176,7 +208,9 @@ def render_summary(s: dict, markdown: bool = False, width: int | None = None) ->
 def _render_summary(s: dict, markdown: bool = False) -> str:
     name = f"study {s['study']!r}" if s.get("study") else "Optuna sweep"
     head = f"{name} of {s['sweep']}" + (f" ({s['storage']})" if s.get("storage") else "")
-    if s.get("direction"):
+    if s.get("objectives"):
+        head += ", " + ", ".join(f"{o['direction']} {o['name']}" for o in s["objectives"])
+    elif s.get("direction"):
         head += f", {s['direction']}"
     lines = [f"### {head}" if markdown else head]
     bullet = "- " if markdown else "  "
@@ -189,13 +223,30 @@ def _render_summary(s: dict, markdown: bool = False) -> str:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in (b.get("params") or {}).items())
         trial = f"trial {b['trial']}, " if b.get("trial") is not None else ""
         lines.append(f"{bullet}best: {trial}value {_fmt(b.get('value'))}" + (f", {params}" if params else ""))
+    if s.get("pareto") is not None:
+        lines += _render_pareto(s, bullet)
     if s.get("importances"):
         lines.append(f"{bullet}importance: " + ", ".join(f"{k} {v:.2f}" for k, v in s["importances"].items()))
+    elif s.get("importances_by_objective"):
+        for name, imp in s["importances_by_objective"].items():
+            lines.append(f"{bullet}importance for {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in imp.items()))
     elif s.get("importance_note"):
         lines.append(f"{bullet}{s['importance_note']}")
     if s.get("note"):
         lines.append(f"{bullet}note: {s['note']}")
     return "\n".join(lines)
+
+
+def _render_pareto(s: dict, bullet: str) -> list[str]:
+    """The Pareto-optimal trials, one line each (values, then parameters)."""
+    front = s["pareto"]
+    lines = [f"{bullet}Pareto front (trials no other trial beats in every objective): {len(front)}"]
+    for p in front:
+        trial = f"trial {p['trial']}: " if p.get("trial") is not None else ""
+        values = ", ".join(f"{k} {_fmt(v)}" for k, v in p["values"].items())
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in (p.get("params") or {}).items())
+        lines.append(f"{bullet}  {trial}{values}" + (f"; {params}" if params else ""))
+    return lines
 
 
 def public(s: dict) -> dict:
