@@ -109,7 +109,7 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     _one_line_error(capsys, [run, "--weights", "best"], "no best.pt", "--weights last")
     _one_line_error(capsys, [run, "data.image_size=[32,32]"], "(1, 32, 32)", "(1, 28, 28)")
     _one_line_error(capsys, [run, "data.num_classes=5"], "5 classes")
-    _one_line_error(capsys, [run, "data=nope"], "fashion_mnist, mnist")
+    _one_line_error(capsys, [run, "data=nope"], "data='nope'", "fashion_mnist, image_folder, mnist")
     _one_line_error(capsys, [run, "model.depth=2"], "KEY under data")
 
     other, _ = fake_run(tmp_path / "other", "model.depth=2")  # weights of another architecture
