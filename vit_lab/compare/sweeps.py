@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from vit_lab.compare.runs import _read_yaml
+from vit_lab.compare.runs import read_yaml
 
 
 def sweeper_settings(sweep_dir: Path) -> dict | None:
@@ -20,7 +20,7 @@ def sweeper_settings(sweep_dir: Path) -> dict | None:
     candidates += sorted(sweep_dir.glob("*/.hydra/hydra.yaml"), key=lambda p: (len(p.parts), str(p)))[:3]
     for path in candidates:
         try:
-            cfg = _read_yaml(path)
+            cfg = read_yaml(path)
             sweeper = cfg["hydra"]["sweeper"]
         except (OSError, yaml.YAMLError, KeyError, TypeError):
             continue
@@ -41,7 +41,7 @@ def _resolve(path: Path, hydra_cfg: dict, key: str) -> Any:
 
     raw = hydra_cfg["hydra"]["sweeper"][key]
     try:
-        job = _read_yaml(path.parent / "config.yaml") if path.name == "hydra.yaml" else {}
+        job = read_yaml(path.parent / "config.yaml") if path.name == "hydra.yaml" else {}
         merged = OmegaConf.merge(OmegaConf.create(job or {}), OmegaConf.create(hydra_cfg))
         value = OmegaConf.select(merged, f"hydra.sweeper.{key}", throw_on_resolution_failure=True)
         return value if value is not None else raw
@@ -66,7 +66,7 @@ def resolve_storage(storage: str, sweep_dir: Path) -> tuple[str | None, str]:
 
 def _results_file(sweep_dir: Path) -> dict:
     try:
-        data = _read_yaml(sweep_dir / "optimization_results.yaml")
+        data = read_yaml(sweep_dir / "optimization_results.yaml")
         return data if isinstance(data, dict) else {}
     except (OSError, yaml.YAMLError):
         return {}
