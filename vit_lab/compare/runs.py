@@ -18,14 +18,13 @@ from typing import Any, Iterable
 import yaml
 
 from vit_lab.compare.errors import NoRunsError
+from vit_lab.run_files import HISTORY, METRICS
 
 try:  # the C loader is ~10x faster on the big hydra.yaml files
     _Loader = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - PyYAML built without libyaml
     _Loader = yaml.SafeLoader
 
-METRICS = "metrics.json"
-HISTORY = "history.json"
 SWEEP_MARKERS = ("multirun.yaml", "optimization_results.yaml")
 # Statuses vit_lab.train writes; anything else is shown as found.
 KNOWN_STATUSES = ("running", "completed", "failed", "interrupted", "pruned")
