@@ -20,7 +20,7 @@ import yaml
 from vit_lab.compare.errors import NoRunsError
 from vit_lab.run_files import HISTORY, METRICS
 
-try:  # the C loader is ~10x faster on the big hydra.yaml files
+try:  # the C loader, where PyYAML has it: a sweep has a big hydra.yaml per job
     _Loader = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - PyYAML built without libyaml
     _Loader = yaml.SafeLoader
