@@ -20,27 +20,26 @@ def fmt_pct(x: Any) -> str:
     return f"{100 * x:.2f}%" if is_number(x) else _nan(x)
 
 
-def fmt_params(n: Any) -> str:
-    if not is_number(n):
+# (below this, divide by, format): the first row whose limit the value is under; the last row takes the rest
+_PARAMS = ((1e3, 1, "{:.0f}"), (1e4, 1e3, "{:.1f}k"), (1e6, 1e3, "{:.0f}k"), (math.inf, 1e6, "{:.1f}M"))
+_SECONDS = ((60, 1, "{:.1f}s"), (3600, 60, "{:.1f}min"), (math.inf, 3600, "{:.1f}h"))
+
+
+def _scaled(x: Any, steps: tuple[tuple[float, float, str], ...]) -> str:
+    if not is_number(x):
         return ""
-    n = float(n)
-    if n < 1e3:
-        return f"{n:.0f}"
-    if n < 1e4:
-        return f"{n / 1e3:.1f}k"
-    if n < 1e6:
-        return f"{n / 1e3:.0f}k"
-    return f"{n / 1e6:.1f}M"
+    _, divisor, fmt = next(step for step in steps if float(x) < step[0])
+    return fmt.format(float(x) / divisor)
+
+
+def fmt_params(n: Any) -> str:
+    """A parameter count: 950, 9.5k, 95k, 1.2M."""
+    return _scaled(n, _PARAMS)
 
 
 def fmt_seconds(s: Any) -> str:
-    if not is_number(s):
-        return ""
-    if s < 60:
-        return f"{s:.1f}s"
-    if s < 3600:
-        return f"{s / 60:.1f}min"
-    return f"{s / 3600:.1f}h"
+    """A duration: 42.0s, 3.5min, 1.2h."""
+    return _scaled(s, _SECONDS)
 
 
 def fmt_rate(r: Any) -> str:
