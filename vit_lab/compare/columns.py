@@ -14,7 +14,7 @@ from vit_lab.compare.runs import RunInfo
 
 GROUPS = ("path", "status", "choices", "diff", "metrics", "note")
 DEFAULT_COLUMNS = GROUPS
-# Per-run bookkeeping (e.g. a sweep's callbacks.optuna_trial.trial_number) never differs "by itself"; pick it with --columns.
+# Per-run bookkeeping (a sweep's callbacks.optuna_trial.trial_number) never differs "by itself"; --columns picks it.
 BOOKKEEPING = ("callbacks.",)
 
 
@@ -73,7 +73,8 @@ def short_names(keys: Sequence[str], taken: Sequence[str] = ()) -> dict[str, str
     return names
 
 
-def _spec_keys(runs: Sequence[RunInfo], item: str, diff_choices: list[str], diff_leaves: list[str]) -> list[tuple[str, str]]:
+def _spec_keys(runs: Sequence[RunInfo], item: str, diff_choices: list[str],
+               diff_leaves: list[str]) -> list[tuple[str, str]]:
     """The (kind, key) pairs one --columns item stands for."""
     name = canonical(item.strip())
     groups = {"path": [("path", "path")], "status": [("status", "status")],
