@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from vit_lab import device as vit_lab_device
 from vit_lab.io import write_json
@@ -119,26 +118,21 @@ def default_cfg():
 
 def trainer_step(model: torch.nn.Module, forward: Callable | None = None, cfg=None,
                  precision: str = "fp32") -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """The trainer's step (vit_lab/train.py) as ``step(x, y)``: autocast forward (through ``forward``, e.g. the
-    compiled model), CE loss on float logits, zero_grad(set_to_none), backward, the configured optimizer
-    (conf/optimizer, fused AdamW by default, with the trainer's param groups) and a per-step schedule."""
+    """The trainer's step (``vit_lab.train.optimizer_step``) as ``step(x, y)``, with the configured optimizer
+    (conf/optimizer, fused AdamW by default, with the trainer's param groups), loss and clipping, and a per-step
+    schedule; ``forward`` is e.g. the compiled model."""
     from vit_lab.config import build
-    from vit_lab.device import autocast
-    from vit_lab.train import param_groups
+    from vit_lab.train import optimizer_step, param_groups
 
     cfg = cfg if cfg is not None else default_cfg()
     forward = forward if forward is not None else model  # not `or`: a compiled module raises on len()
     opt = build(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0) or 0.0))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         model.train()
-        with autocast(x.device, precision):
-            loss = F.cross_entropy(forward(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(model, forward, criterion, opt, sched, x, y, precision, cfg.trainer.grad_clip)
 
     return step
 

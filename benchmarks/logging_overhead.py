@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks import _common as C
+from vit_lab.run_files import METRICS
 
 LOGGERS = ("csv", "tensorboard", "mlflow")
 IMPORTS = {"tensorboard": "torch.utils.tensorboard", "mlflow": "mlflow", "csv": "csv"}
@@ -64,7 +65,7 @@ def one_life(name: str, folder: Path, store: str, epochs: int) -> dict:
         per_epoch.append(time.perf_counter() - tic)
     metrics = {"status": "completed", "epochs_completed": epochs, "test_acc": 0.98, "test_loss": 0.05,
                "best_val_acc": 0.98}
-    C.write_json(run_dir / "metrics.json", metrics)
+    C.write_json(run_dir / METRICS, metrics)
     t2 = time.perf_counter()
     logger.on_run_end(metrics, "completed")
     return {"start": t1 - t0, "epoch": C.median(per_epoch), "end": time.perf_counter() - t2}

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks import _common as C
 from vit_lab.io import atomic_write, read_json, write_json
+from vit_lab.run_files import CHECKPOINT, METRICS
 
 PRUNERS = ("median", "hyperband", "nop")
 STUDY = "vit_optuna-mnist"
@@ -90,7 +91,7 @@ def describe(out: Path, pruner: str) -> dict | None:
     trials = study.get_trials(deepcopy=False)
     epochs, seconds = 0, 0.0
     for t in trials:
-        m = _read(Path(t.user_attrs.get("run_dir", "")) / "metrics.json", {})
+        m = _read(Path(t.user_attrs.get("run_dir", "")) / METRICS, {})
         epochs += m.get("epochs_completed", len(t.intermediate_values))
         seconds += m.get("train_seconds") or 0.0
     row = {"pruner": pruner, "complete": sum(t.state == TrialState.COMPLETE for t in trials),
@@ -115,11 +116,11 @@ def retrain(params: dict, out: Path, run: bool = True, extra: list[str] | None =
     is false)."""
     run_dir = _retrain_dir(params, out)
     name = run_dir.name
-    if _read(run_dir / "metrics.json", {}).get("status") != "completed":
+    if _read(run_dir / METRICS, {}).get("status") != "completed":
         if not run:
             return None
         args = [f"{k}={v}" for k, v in params.items()] + ["trainer.progress=false", "device=cpu", *(extra or [])]
-        if (run_dir / "checkpoint.pt").is_file():
+        if (run_dir / CHECKPOINT).is_file():
             args.append(f"resume={run_dir}")
         print(f"[{time.strftime('%H:%M:%S')}] retrain {name}", flush=True)
         proc = subprocess.run([sys.executable, "-m", "vit_lab.train", *args, f"hydra.run.dir={run_dir}"], check=False,
@@ -127,7 +128,7 @@ def retrain(params: dict, out: Path, run: bool = True, extra: list[str] | None =
         if proc.returncode != 0:
             print(f"  failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
             return None
-    m = read_json(run_dir / "metrics.json")
+    m = read_json(run_dir / METRICS)
     return {"run_dir": str(run_dir), "best_val_acc": m["best_val_acc"], "test_acc": m["test_acc"]}
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from benchmarks import _common as C
 from vit_lab.io import atomic_write, read_json, write_json
+from vit_lab.run_files import CHECKPOINT, HISTORY, METRICS
 
 # (name, patch, depth, heads, width, lr): spread over the sweep space; the priciest corner (patch 4, depth 6,
 # width 128: ~40 min at the full budget) is left out so the full-budget runs fit ~1.5 h of 2 cores.
@@ -83,7 +84,7 @@ def images_per_trial(budget: str) -> int:
 
 def run_status(run_dir: Path) -> str | None:
     try:
-        return read_json(run_dir / "metrics.json").get("status")
+        return read_json(run_dir / METRICS).get("status")
     except (OSError, ValueError):
         return None
 
@@ -93,10 +94,10 @@ def train(cfg: tuple, budget: str, out: Path, smoke: bool = False, extra: list[s
     """One run, unless it is already complete; a killed run with a checkpoint is resumed in place."""
     run_dir = out / budget / cfg[0]
     if run_status(run_dir) == "completed":
-        return read_json(run_dir / "metrics.json")
+        return read_json(run_dir / METRICS)
     args = config_overrides(cfg) + budget_overrides(budget, smoke) + (SMOKE if smoke else []) + list(extra or [])
     args.append(f"device.threads={'null' if threads is None else threads}")
-    if (run_dir / "checkpoint.pt").is_file():
+    if (run_dir / CHECKPOINT).is_file():
         args.append(f"resume={run_dir}")
     cmd = [sys.executable, "-m", "vit_lab.train", *args, f"hydra.run.dir={run_dir}"]
     print(f"[{time.strftime('%H:%M:%S')}] {budget} {cfg[0]}", flush=True)
@@ -104,7 +105,7 @@ def train(cfg: tuple, budget: str, out: Path, smoke: bool = False, extra: list[s
     if proc.returncode != 0:
         print(f"  failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}", flush=True)
         return None
-    m = read_json(run_dir / "metrics.json")
+    m = read_json(run_dir / METRICS)
     print(f"  best val {m['best_val_acc']:.4f}, {m['train_seconds']:.0f} s", flush=True)
     return m
 
@@ -117,9 +118,9 @@ def collect(out: Path, configs: list[tuple] = CONFIGS) -> dict[str, dict[str, di
             run_dir = out / budget / cfg[0]
             if run_status(run_dir) != "completed":
                 continue
-            m = read_json(run_dir / "metrics.json")
+            m = read_json(run_dir / METRICS)
             try:
-                m["val_curve"] = [h["val_acc"] for h in read_json(run_dir / "history.json")]
+                m["val_curve"] = [h["val_acc"] for h in read_json(run_dir / HISTORY)]
             except (OSError, ValueError, KeyError, TypeError):
                 m["val_curve"] = []
             table.setdefault(budget, {})[cfg[0]] = m
@@ -195,7 +196,7 @@ def time_epochs(out: Path, configs: list[tuple] = CONFIGS, smoke: bool = False) 
         args = config_overrides(cfg) + budget_overrides("e1-all", smoke) + (SMOKE if smoke else [])
         subprocess.run([sys.executable, "-m", "vit_lab.train", *args, f"hydra.run.dir={run_dir}"], cwd=C.REPO,
                        check=True, capture_output=True, env={**os.environ, "MPLBACKEND": "Agg"})
-        m = read_json(run_dir / "metrics.json")
+        m = read_json(run_dir / METRICS)
         result[cfg[0]] = {"seconds_per_epoch": m["train_seconds"], "images_per_second": m["train_images_per_second"]}
         print(f"{cfg[0]}: {m['train_seconds']:.1f} s per epoch ({m['train_images_per_second']:.0f} img/s)", flush=True)
     write_json(out / "epoch_seconds.json", {"configs": result, "loadavg": C.loadavg(), "machine": C.machine()})

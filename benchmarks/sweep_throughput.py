@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from benchmarks import _common as C
+from vit_lab.run_files import METRICS
 
 MODES = ("single", "workers", "joblib")
 MICRO = ["data.train_limit=256", "data.val_size=128", "data.test_limit=128", "trainer.batch_size=64",
@@ -103,7 +104,7 @@ def study_figures(folder: Path, mode: str, wall: float, slots: int) -> dict:
 
 def job_span(run_dir: Path) -> tuple[float, float]:
     start = (run_dir / ".hydra" / "config.yaml").stat().st_mtime
-    end = run_dir / "metrics.json"  # absent only for a job that crashed before it trained
+    end = run_dir / METRICS  # absent only for a job that crashed before it trained
     return start, end.stat().st_mtime if end.exists() else start
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from benchmarks import _common as C
 from vit_lab.io import read_json
+from vit_lab.run_files import HISTORY, METRICS
 
 SMOKE = ["trainer.epochs=1", "data.train_limit=512", "data.val_size=256", "data.test_limit=256",
          "trainer.batch_size=64", "model.depth=1", "model.hidden_d=16", "model.patch_size=7", "trainer.progress=false",
@@ -71,8 +72,8 @@ def run(overrides: list[str], target: float | None = None, run_dir: Path | None 
     wall = time.perf_counter() - t0
     stop.set()
     maxrss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    history = read_json(run_dir / "history.json") if (run_dir / "history.json").exists() else []
-    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+    history = read_json(run_dir / HISTORY) if (run_dir / HISTORY).exists() else []
+    metrics = read_json(run_dir / METRICS) if (run_dir / METRICS).exists() else {}
     reached = None
     if target is not None:
         reached = next(({"epoch": r["epoch"], "train_seconds": r["train_seconds"], "val_acc": r["val_acc"]}

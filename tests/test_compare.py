@@ -18,7 +18,10 @@ import yaml
 
 from conftest import TINY, run_module, run_train
 from vit_lab.compare.__main__ import main
-from vit_lab.compare.table import UsageError, _shorten_path, fmt_params, fmt_pct, fmt_seconds, parse_where
+from vit_lab.compare.errors import UsageError
+from vit_lab.compare.formats import fmt_params, fmt_pct, fmt_seconds
+from vit_lab.compare.query import parse_where
+from vit_lab.compare.terminal import shorten_path as _shorten_path
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # The seed comparison's four runs on a tiny budget: only data/trainer keys, which every model accepts.

@@ -74,12 +74,11 @@ def configure_process(device: torch.device, threads: int | None = None, malloc: 
 def tune_malloc() -> bool:
     """Keep freed activation buffers in glibc's heap instead of unmapping them after every step.
 
-    Process-wide and idempotent; ``configure_process`` calls it for CPU runs (``device.tune_malloc``). Measured on the
-    2-core CPU: the tutorial-size step 8.6 -> 6.5 ms (1.3x), the default step 54 -> 51.5 ms (1.05x).
+    Process-wide and idempotent; ``configure_process`` calls it for CPU runs (``device.tune_malloc``); its effect on
+    the step is measured in benchmarks/README.md.
 
     By default glibc serves big blocks (>= 128 KiB, adaptively more) with mmap and gives them back on free,
-    so every training step page-faults its activations in again (~2,000 faults, ~8 MB per step at the
-    default size). Raising the mmap and trim thresholds (the runtime equivalent of MALLOC_MMAP_THRESHOLD_ /
+    so every training step page-faults its activations in again. Raising the mmap and trim thresholds (the runtime equivalent of MALLOC_MMAP_THRESHOLD_ /
     MALLOC_TRIM_THRESHOLD_) keeps them. Returns False where this is not glibc (nothing changed).
     """
     import ctypes

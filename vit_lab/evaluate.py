@@ -24,9 +24,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from vit_lab.errors import ConfigError, UserError
+from vit_lab.run_files import BEST, CHECKPOINT, METRICS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-WEIGHTS = {"last": "checkpoint.pt", "best": "best.pt"}
+WEIGHTS = {"last": CHECKPOINT, "best": BEST}
 OVERRIDABLE = ("data", "device", "trainer.eval_batch_size")  # what a re-evaluation may change
 
 
@@ -260,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     line = (f"{run.dir}: {args.weights} weights on {doc['data']} test ({doc['n']} images): "
             f"accuracy {100 * doc['accuracy']:.2f}%, loss {doc['loss']:.4f}")
-    metrics = run.dir / "metrics.json"
+    metrics = run.dir / METRICS
     if run.same_data and args.weights == "last" and metrics.is_file():
         m = read_json(metrics)
         if isinstance(m.get("test_acc"), float):

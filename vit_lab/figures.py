@@ -131,7 +131,7 @@ def confusion_figure(panels: Sequence[tuple[str, Sequence[dict]]], out: Path) ->
 def sweep_figure(sweep: Path, out: Path, keys: Sequence[str] = ("model.patch_size", "model.depth", "model.n_heads"),
                  metric: str = "best_val_acc") -> Path:
     """The sweep's completed trials: the metric against each parameter (points, the mean per value joined)."""
-    from vit_lab.compare.table import lookup, metric_value
+    from vit_lab.compare.metrics import lookup, metric_value
 
     runs = [r for r in discover([sweep]) if r.status == "completed" and metric_value(r, metric) is not None]
     if not runs:

@@ -21,13 +21,10 @@ from omegaconf import DictConfig
 
 from vit_lab.errors import ConfigError
 from vit_lab.io import atomic_write, read_json, write_json
+from vit_lab.run_files import BEST, CHECKPOINT, HISTORY, METRICS
 
 log = logging.getLogger("vit_lab.train")
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
-METRICS = "metrics.json"
-HISTORY = "history.json"
 
 
 def now() -> str:

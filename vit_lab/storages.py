@@ -99,7 +99,7 @@ def _importable(module: str) -> bool:
 
 def safe(url: str | None) -> str:
     """The URL with its password masked, for logs and messages."""
-    if not url or journal_file(url) is not None:
+    if not url or url.startswith(JOURNAL):  # a file path holds no password (and may still be invalid here)
         return str(url)
     try:
         from sqlalchemy.engine import make_url

@@ -236,16 +236,25 @@ def train_epoch(job: Job, state: State, stop: dict) -> dict:
 
 
 def train_step(job: Job, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, loss, backward, optional clipping, optimizer and schedule step; returns (loss, logits)."""
-    with autocast(job.device, job.cfg.device.precision):
-        out = job.step_model(x)
-        loss = job.criterion(out.float(), y)
-    job.opt.zero_grad(set_to_none=True)
+    """One step of the job's model on a batch; returns (loss, logits)."""
+    return optimizer_step(job.model, job.step_model, job.criterion, job.opt, job.sched, x, y,
+                          job.cfg.device.precision, job.cfg.trainer.grad_clip)
+
+
+def optimizer_step(model: torch.nn.Module, forward: torch.nn.Module, criterion, opt, sched, x: torch.Tensor,
+                   y: torch.Tensor, precision: str, grad_clip: float | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward through ``forward`` (the model, or its compiled form), loss on float logits, backward, optional
+    clipping, optimizer and schedule step; returns (loss, logits). The benchmarks time this same function."""
+    with autocast(x.device, precision):
+        out = forward(x)
+        loss = criterion(out.float(), y)
+    opt.zero_grad(set_to_none=True)
     loss.backward()
-    if job.cfg.trainer.grad_clip:
-        torch.nn.utils.clip_grad_norm_(job.model.parameters(), job.cfg.trainer.grad_clip)
-    job.opt.step()
-    job.sched.step()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()
     return loss, out
 
 

@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
+from vit_lab.run_files import METRICS
+
 
 class Outcome(NamedTuple):
     state: Any  # optuna.trial.TrialState
@@ -71,7 +73,7 @@ def run_dir_of(ret: JobReturn) -> str | None:
 def read_metrics(run_dir: str | None) -> dict:
     from vit_lab.io import read_json
 
-    path = Path(run_dir) / "metrics.json" if run_dir else None
+    path = Path(run_dir) / METRICS if run_dir else None
     try:
         return read_json(path) if path is not None and path.is_file() else {}
     except (OSError, ValueError):
@@ -82,6 +84,6 @@ def write_metrics(run_dir: str | None, metrics: dict) -> None:
     from vit_lab.io import write_json
 
     try:
-        write_json(Path(str(run_dir)) / "metrics.json", metrics)
+        write_json(Path(str(run_dir)) / METRICS, metrics)
     except OSError:
         pass

@@ -5,8 +5,10 @@
     python -m vit_lab.compare diff RUN_A RUN_B
     python -m vit_lab.compare --plot curves.png
 
-Modules: ``runs`` (discovery, loading, status), ``table`` (columns, formatting, output formats),
-``diff``, ``plots``, ``sweeps`` (Optuna study summaries) and ``seed_comparison`` (the seed's step 3).
+Modules: ``runs`` (discovery, loading, status), ``metrics`` (the metric registry and key lookup), ``query``
+(--where, --sort, --top), ``columns`` (differing keys, --columns), ``formats`` (cells), ``terminal`` (the table
+fitted to a width), ``render`` (table, markdown, csv, json), ``diff``, ``stats`` (--group-by), ``plots``,
+``sweeps`` (Optuna study summaries) and ``seed_comparison`` (the seed's step 3).
 Nothing here imports torch, so the tool starts quickly.
 """
 

@@ -22,9 +22,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from vit_lab.compare.runs import NoRunsError, display_path, is_run_dir, load_run, natural_key, walk
-from vit_lab.compare.table import (METRICS, UsageError, best_run, canonical, build_columns, render_csv, render_json, render_text,
-                                   select)
+from vit_lab.compare.columns import build_columns
+from vit_lab.compare.errors import NoRunsError, UsageError
+from vit_lab.compare.metrics import METRICS, canonical
+from vit_lab.compare.query import best_run, select
+from vit_lab.compare.render import render_csv, render_json, render_text
+from vit_lab.compare.runs import RunInfo, display_path, find, is_run_dir, load_run, natural_key, walk
 
 PROG = "python -m vit_lab.compare"
 FORMATS = ("table", "markdown", "csv", "json")
@@ -101,20 +104,59 @@ def _run_diff(argv: Sequence[str]) -> int:
     return 0
 
 
-def _run_table(argv: Sequence[str]) -> int:
-    args = _table_parser().parse_args(argv)
+def _check_flags(args: argparse.Namespace) -> None:
     if (args.x or args.history or args.pareto) and not args.plot:
         raise UsageError("--x, --history and --pareto go with --plot FILE.png")
     if sum(map(bool, (args.x, args.history, args.pareto))) > 1:
         raise UsageError("--plot takes one of --x KEY, --history or --pareto")
     if (args.stats or args.test) and not args.group_by:
         raise UsageError("--stats and --test go with --group-by KEYS")
-    run_dirs, sweep_dirs = walk(args.paths)
-    if not run_dirs:
-        raise NoRunsError(f"no runs under {', '.join(args.paths)} (a run is a folder with .hydra/ inside)")
-    from vit_lab.compare.runs import _relative_if_inside
 
-    runs = sorted((load_run(_relative_if_inside(d)) for d in run_dirs), key=lambda r: natural_key(r.path))
+
+def _print_runs(args: argparse.Namespace, shown: list[RunInfo], sweeps: list[dict]) -> list[str]:
+    """The table in the chosen format, then the sweep summaries; returns the differing keys."""
+    from vit_lab.compare.sweeps import public, render_summary
+
+    columns, diff_keys = build_columns(shown, args.columns.split(",") if args.columns else None)
+    best, best_key = best_run(shown, args.sort)
+    if args.format == "csv":
+        sys.stdout.write(render_csv(shown, columns, best))
+    elif args.format == "json":
+        print(render_json(shown, diff_keys, best, best_key, [public(s) for s in sweeps]))
+    else:
+        width = args.width or shutil.get_terminal_size((80, 24)).columns
+        print(render_text(shown, columns, best, best_key, width=width, markdown=args.format == "markdown"))
+        for s in sweeps:
+            print()
+            print(render_summary(s, markdown=args.format == "markdown", width=width))
+    return diff_keys
+
+
+def _plot(args: argparse.Namespace, shown: list[RunInfo], sweeps: list[dict], diff_keys: list[str]) -> None:
+    from vit_lab.compare import plots
+
+    if args.pareto:
+        out, n = plots.plot_pareto(sweeps, args.plot)
+        what = f"Pareto front ({n} Pareto-optimal trials)"
+    elif args.history:
+        out, n = plots.plot_history(sweeps, args.plot)
+        what = f"optimisation history of {n} trials"
+    elif args.x:
+        y = args.y or (args.sort if args.sort and canonical(args.sort) in METRICS else "test_acc")
+        out, n = plots.plot_param(shown, args.plot, args.x, y)
+        what = f"{y} against {args.x} for {n} runs"
+    else:
+        out, n = plots.plot_curves(shown, args.plot, label_keys=diff_keys)
+        what = f"learning curves of {n} runs"
+    print(f"wrote {display_path(out.absolute())}: {what}", file=sys.stderr)
+
+
+def _run_table(argv: Sequence[str]) -> int:
+    args = _table_parser().parse_args(argv)
+    _check_flags(args)
+    runs, sweep_dirs = find(args.paths)
+    if not runs:
+        raise NoRunsError(f"no runs under {', '.join(args.paths)} (a run is a folder with .hydra/ inside)")
     shown = select(runs, args.where, args.sort, args.reverse, args.top)
     if not shown:
         raise NoRunsError(f"no run matches --where {' '.join(args.where)} ({len(runs)} runs found)")
@@ -123,49 +165,14 @@ def _run_table(argv: Sequence[str]) -> int:
 
         print(render_groups(shown, args.group_by, args.stats, args.test, args.format))
         return 0
-    spec = args.columns.split(",") if args.columns else None
-    columns, diff_keys = build_columns(shown, spec)
-    best, best_key = best_run(shown, args.sort)
-
     sweeps: list[dict] = []
-    if not args.no_sweeps and (sweep_dirs and (args.format != "csv" or args.history or args.pareto)):
+    if not args.no_sweeps and sweep_dirs and (args.format != "csv" or args.history or args.pareto):
         from vit_lab.compare.sweeps import summaries
 
-        sweeps = summaries(sweep_dirs, lambda d: display_path(Path(_relative_if_inside(d))))
-
-    if args.format == "csv":
-        sys.stdout.write(render_csv(shown, columns, best))
-    elif args.format == "json":
-        from vit_lab.compare.sweeps import public
-
-        print(render_json(shown, diff_keys, best, best_key, [public(s) for s in sweeps]))
-    else:
-        width = args.width or shutil.get_terminal_size((80, 24)).columns
-        print(render_text(shown, columns, best, best_key, width=width, markdown=args.format == "markdown"))
-        if sweeps:
-            from vit_lab.compare.sweeps import render_summary
-
-            for s in sweeps:
-                print()
-                print(render_summary(s, markdown=args.format == "markdown", width=width))
-
+        sweeps = summaries(sweep_dirs, display_path)
+    diff_keys = _print_runs(args, shown, sweeps)
     if args.plot:
-        from vit_lab.compare import plots
-
-        if args.pareto:
-            out, n = plots.plot_pareto(sweeps, args.plot)
-            what = f"Pareto front ({n} Pareto-optimal trials)"
-        elif args.history:
-            out, n = plots.plot_history(sweeps, args.plot)
-            what = f"optimisation history of {n} trials"
-        elif args.x:
-            y = args.y or (args.sort if args.sort and canonical(args.sort) in METRICS else "test_acc")
-            out, n = plots.plot_param(shown, args.plot, args.x, y)
-            what = f"{y} against {args.x} for {n} runs"
-        else:
-            out, n = plots.plot_curves(shown, args.plot, label_keys=diff_keys)
-            what = f"learning curves of {n} runs"
-        print(f"wrote {display_path(out.absolute())}: {what}", file=sys.stderr)
+        _plot(args, shown, sweeps, diff_keys)
     return 0
 
 

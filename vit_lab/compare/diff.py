@@ -7,8 +7,9 @@ from typing import Any
 
 from tabulate import tabulate
 
+from vit_lab.compare.formats import fmt_params, fmt_seconds, fmt_value, is_number, jsonable
+from vit_lab.compare.metrics import METRICS, metric_cell
 from vit_lab.compare.runs import RunInfo
-from vit_lab.compare.table import METRICS, _is_number, _jsonable, fmt_params, fmt_seconds, fmt_value, metric_cell
 
 DIFF_METRICS = ("test_acc", "best_val_acc", "val_acc", "test_loss", "n_params", "epochs", "train_seconds",
                 "train_images_per_second")
@@ -27,7 +28,7 @@ def config_diff(a: RunInfo, b: RunInfo) -> list[tuple[str, Any, Any]]:
 
 
 def _delta(key: str, va: Any, vb: Any) -> str:
-    if not (_is_number(va) and _is_number(vb)):
+    if not (is_number(va) and is_number(vb)):
         return ""
     d = vb - va
     sign = "+" if d >= 0 else "-"
@@ -52,9 +53,9 @@ def render_diff(a: RunInfo, b: RunInfo, fmt: str = "table") -> str:
         doc = {"a": a.path, "b": b.path, "status": [a.status, b.status],
                "config": {k: [None if va is _MISSING else va, None if vb is _MISSING else vb] for k, va, vb in cfg},
                "metrics": {k: {"a": _raw(a, k), "b": _raw(b, k),
-                               "delta": (_raw(b, k) - _raw(a, k)) if _is_number(_raw(a, k)) and _is_number(_raw(b, k))
+                               "delta": (_raw(b, k) - _raw(a, k)) if is_number(_raw(a, k)) and is_number(_raw(b, k))
                                else None} for k in DIFF_METRICS}}
-        return json.dumps(_jsonable(doc), indent=2, default=str)
+        return json.dumps(jsonable(doc), indent=2, default=str)
     tablefmt = "github" if fmt == "markdown" else "simple"
     show = (lambda v: "(absent)" if v is _MISSING else fmt_value(v))
     lines = [f"A: {a.path} ({a.status})", f"B: {b.path} ({b.status})", ""]
@@ -64,7 +65,7 @@ def render_diff(a: RunInfo, b: RunInfo, fmt: str = "table") -> str:
     else:
         lines.append("The configs are identical (choices and every value).")
     lines.append("")
-    rows = [[METRICS[k].header.replace("\n", " "), metric_cell(a, k), metric_cell(b, k), _delta(k, _raw(a, k), _raw(b, k))]
+    rows = [[METRICS[k].label, metric_cell(a, k), metric_cell(b, k), _delta(k, _raw(a, k), _raw(b, k))]
             for k in DIFF_METRICS]
     lines.append(tabulate(rows, headers=["metric", "A", "B", "B - A"], tablefmt=tablefmt,
                           colalign=("left", "right", "right", "right"), disable_numparse=True))

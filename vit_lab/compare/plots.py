@@ -8,9 +8,11 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from vit_lab.compare.errors import UsageError
+from vit_lab.compare.formats import fmt_value
+from vit_lab.compare.metrics import METRICS, canonical, lookup, metric_value
 from vit_lab.compare.runs import RunInfo
 from vit_lab.compare.sweeps import objective_names
-from vit_lab.compare.table import METRICS, UsageError, canonical, fmt_value, lookup, metric_value
 
 CURVES_SIZE = (12.0, 6.0)   # inches; at DPI this is 1200 x 600 pixels (the legend sits below the axes)
 PARAM_SIZE = (8.0, 5.0)     # 800 x 500
@@ -126,7 +128,7 @@ def plot_param(runs: Sequence[RunInfo], out: str | Path, x: str, y: str = "test_
         ax.set_xlim(-0.5, len(ticks) - 0.5)
     if numeric and len(ticks) <= 12:
         ax.set_xticks(ticks, [fmt_value(int(t) if float(t).is_integer() else t) for t in ticks])
-    ylabel = METRICS[y].header.replace("\n", " ") + (" (%)" if scale == 100 else "")
+    ylabel = METRICS[y].label + (" (%)" if scale == 100 else "")
     ax.set(xlabel=x, ylabel=ylabel, title=f"{ylabel} against {x} ({len(pts)} runs)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

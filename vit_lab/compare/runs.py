@@ -17,13 +17,14 @@ from typing import Any, Iterable
 
 import yaml
 
-try:  # the C loader is ~10x faster on the big hydra.yaml files
+from vit_lab.compare.errors import NoRunsError
+from vit_lab.run_files import HISTORY, METRICS
+
+try:  # the C loader, where PyYAML has it: a sweep has a big hydra.yaml per job
     _Loader = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - PyYAML built without libyaml
     _Loader = yaml.SafeLoader
 
-METRICS = "metrics.json"
-HISTORY = "history.json"
 SWEEP_MARKERS = ("multirun.yaml", "optimization_results.yaml")
 # Statuses vit_lab.train writes; anything else is shown as found.
 KNOWN_STATUSES = ("running", "completed", "failed", "interrupted", "pruned")
@@ -31,10 +32,6 @@ KNOWN_STATUSES = ("running", "completed", "failed", "interrupted", "pruned")
 CONFIG_SECTIONS = ("model", "data", "trainer", "optimizer")
 # Keys that only name the Python class behind a group; the group choice already says it.
 HIDDEN_LEAVES = ("_target_", "_partial_")
-
-
-class NoRunsError(Exception):
-    """No run directory under the given paths (or a path that does not exist)."""
 
 
 @dataclass
@@ -107,7 +104,7 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     with open(path) as f:
         return yaml.load(f, Loader=_Loader)  # noqa: S506 - a safe loader
 
@@ -165,7 +162,7 @@ def _load_metrics(run: RunInfo) -> None:
 def _load_config(run: RunInfo) -> None:
     hydra_dir = run.dir / ".hydra"
     try:
-        config = _read_yaml(hydra_dir / "config.yaml")
+        config = read_yaml(hydra_dir / "config.yaml")
     except FileNotFoundError:
         run.notes.append("no .hydra/config.yaml")
         config = None
@@ -182,7 +179,7 @@ def _load_config(run: RunInfo) -> None:
             run.old_config = True
         run.config = {k: v for k, v in flatten(config).items() if k.rsplit(".", 1)[-1] not in HIDDEN_LEAVES}
     try:
-        hydra_cfg = _read_yaml(hydra_dir / "hydra.yaml")
+        hydra_cfg = read_yaml(hydra_dir / "hydra.yaml")
         choices = hydra_cfg["hydra"]["runtime"]["choices"]
         run.choices = {k: v for k, v in choices.items() if not k.startswith("hydra")}
         run.overrides = list(hydra_cfg["hydra"]["overrides"]["task"] or [])
@@ -233,10 +230,16 @@ def natural_key(path: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
 
 
+def find(paths: Iterable[str | os.PathLike]) -> tuple[list[RunInfo], list[Path]]:
+    """Every run under the paths (in ``discover``'s order) and every sweep folder, both spelled as the user did."""
+    run_dirs, sweep_dirs = walk(paths)
+    runs = sorted((load_run(_relative_if_inside(d)) for d in run_dirs), key=lambda r: natural_key(r.path))
+    return runs, [_relative_if_inside(d) for d in sweep_dirs]
+
+
 def discover(paths: Iterable[str | os.PathLike]) -> list[RunInfo]:
     """Every run under the paths, in path order with numbers compared as numbers (``natural_key``)."""
-    run_dirs, _ = walk(paths)
-    return sorted((load_run(_relative_if_inside(d)) for d in run_dirs), key=lambda r: natural_key(r.path))
+    return find(paths)[0]
 
 
 def _relative_if_inside(path: Path) -> Path:

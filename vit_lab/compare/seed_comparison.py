@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from vit_lab.compare.runs import load_run
+from vit_lab.run_files import METRICS
 
 # (folder, overrides): the folder names sort in the table's order.
 RUNS = (
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = " ".join(shlex.quote(c) for c in ["python", *cmd[1:]])
         if args.dry_run:
             print(shown)
-        elif not args.force and (run_dir / "metrics.json").exists() and load_run(run_dir).status == "completed":
+        elif not args.force and (run_dir / METRICS).exists() and load_run(run_dir).status == "completed":
             print(f"seed_comparison: keeping completed {run_dir}", file=sys.stderr)
         else:
             todo.append((run_dir, cmd, shown))

@@ -16,9 +16,10 @@ from typing import Any, Sequence
 
 from tabulate import tabulate
 
+from vit_lab.compare.errors import UsageError
+from vit_lab.compare.formats import fmt_value, is_number, jsonable
+from vit_lab.compare.metrics import METRICS, canonical, known, lookup, metric_value
 from vit_lab.compare.runs import RunInfo
-from vit_lab.compare.table import (METRICS, UsageError, _is_number, _jsonable, canonical, fmt_value, known, lookup,
-                                   metric_value)
 
 DEFAULT_STATS = ("test_acc", "best_val_acc", "test_loss")
 CONFIDENCE = 0.95
@@ -39,7 +40,7 @@ class Group:
 
     def sample(self, metric: str) -> list[float]:
         """The metric over the group's completed runs (finite values only), in run order."""
-        return [float(v) for r in self.runs if r.status == "completed" and _is_number(v := metric_value(r, metric))]
+        return [float(v) for r in self.runs if r.status == "completed" and is_number(v := metric_value(r, metric))]
 
 
 def parse_stats(text: str | None, runs: Sequence[RunInfo]) -> list[str]:
@@ -138,7 +139,7 @@ def group_table(groups: Sequence[Group], metrics: Sequence[str], markdown: bool)
     varying = {m for m in metrics if any(len(g.sample(m)) > 1 and not _constant(g.sample(m)) for g in groups)}
     headers = [*groups[0].keys, "n"]
     for m in metrics:
-        name = METRICS[m].header.replace("\n", " ")
+        name = METRICS[m].label
         headers += [f"{name} (mean ± 95% CI)", f"{name} sd"] if m in varying else [name]
     rows = []
     for g in groups:
@@ -171,9 +172,9 @@ def test_table(rows: Sequence[dict[str, Any]], markdown: bool, by_metric: bool =
         diff = "" if r["diff"] is None else f(r["diff"]) + unit
         ci = "" if r["ci_low"] is None else f"[{f(r['ci_low'])}, {f(r['ci_high'])}]"
         p = "" if r["p"] is None else f"{r['p']:.2g}" if r["p"] >= 1e-4 else f"{r['p']:.1e}"
-        lead = [METRICS[r["metric"]].header.replace("\n", " ")] if by_metric else [r["a"], r["b"]]
+        lead = [METRICS[r["metric"]].label] if by_metric else [r["a"], r["b"]]
         out.append([*lead, f"{r['n_a']}/{r['n_b']}", diff, ci, num(r["t"], ".2f"), num(r["df"], ".1f"), p])
-    metric = METRICS[rows[0]["metric"]].header.replace("\n", " ") if rows and not by_metric else ""
+    metric = METRICS[rows[0]["metric"]].label if rows and not by_metric else ""
     lead = ["metric"] if by_metric else ["A", "B"]
     headers = [*lead, "n A/B", f"{metric}: B - A" if metric else "B - A", "95% CI", "t", "df", "p (two-sided)"]
     return tabulate(out, headers=headers, tablefmt="github" if markdown else "simple", disable_numparse=True,
@@ -198,7 +199,7 @@ def render_groups(runs: Sequence[RunInfo], group_by: str, stats_spec: str | None
                            "stats": {m: {**summary(g.sample(m)), "values": g.sample(m)} for m in metrics}}
                           for g in groups],
                "tests": tests}
-        return json.dumps(_jsonable(doc), indent=2, default=str)
+        return json.dumps(jsonable(doc), indent=2, default=str)
     if fmt == "csv":
         import csv
         import io
@@ -231,9 +232,9 @@ def render_group_diff(a: Group, b: Group, metrics: Sequence[str], fmt: str) -> s
                "metrics": {t["metric"]: {"a": sides[t["metric"]][0], "b": sides[t["metric"]][1],
                                          "welch": {k: v for k, v in t.items() if k not in ("a", "b", "metric")}}
                            for t in tests}}
-        return json.dumps(_jsonable(doc), indent=2, default=str)
+        return json.dumps(jsonable(doc), indent=2, default=str)
     md = fmt == "markdown"
-    table = [[METRICS[m].header.replace("\n", " "), *(f"{fmt_stat(m, side)} (n={side['n']})" for side in pair)]
+    table = [[METRICS[m].label, *(f"{fmt_stat(m, side)} (n={side['n']})" for side in pair)]
              for m, pair in sides.items()]
     return "\n".join([f"A: {a.label} ({len(a.runs)} runs)", f"B: {b.label} ({len(b.runs)} runs)", "",
                       tabulate(table, headers=["metric", "A (mean ± 95% CI)", "B (mean ± 95% CI)"],

@@ -4,14 +4,15 @@ its Pareto-optimal trials), trial counts and importances."""
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
-from vit_lab.compare.runs import _read_yaml
+from vit_lab import storages
+from vit_lab.compare.runs import read_yaml
+from vit_lab.errors import ConfigError
 
 
 def sweeper_settings(sweep_dir: Path) -> dict | None:
@@ -20,7 +21,7 @@ def sweeper_settings(sweep_dir: Path) -> dict | None:
     candidates += sorted(sweep_dir.glob("*/.hydra/hydra.yaml"), key=lambda p: (len(p.parts), str(p)))[:3]
     for path in candidates:
         try:
-            cfg = _read_yaml(path)
+            cfg = read_yaml(path)
             sweeper = cfg["hydra"]["sweeper"]
         except (OSError, yaml.YAMLError, KeyError, TypeError):
             continue
@@ -41,7 +42,7 @@ def _resolve(path: Path, hydra_cfg: dict, key: str) -> Any:
 
     raw = hydra_cfg["hydra"]["sweeper"][key]
     try:
-        job = _read_yaml(path.parent / "config.yaml") if path.name == "hydra.yaml" else {}
+        job = read_yaml(path.parent / "config.yaml") if path.name == "hydra.yaml" else {}
         merged = OmegaConf.merge(OmegaConf.create(job or {}), OmegaConf.create(hydra_cfg))
         value = OmegaConf.select(merged, f"hydra.sweeper.{key}", throw_on_resolution_failure=True)
         return value if value is not None else raw
@@ -50,23 +51,27 @@ def _resolve(path: Path, hydra_cfg: dict, key: str) -> Any:
 
 
 def resolve_storage(storage: str, sweep_dir: Path) -> tuple[str | None, str]:
-    """A usable storage URL, or (None, why). A relative SQLite path is looked for from the current
-    directory, then from the sweep folder's parents (it was relative to the launch directory).
-    A missing SQLite file is never opened: Optuna would create an empty one."""
-    if not storage.startswith("sqlite:///"):
-        return storage, ""
-    file = storage[len("sqlite:///"):]
-    if os.path.isabs(file):
-        return (storage, "") if os.path.isfile(file) else (None, f"storage file {file} not found")
+    """A storage string :func:`vit_lab.storages.open_storage` takes, or (None, why). A relative SQLite or journal
+    file is looked for from the current directory, then from the sweep folder's parents (it was relative to the
+    launch directory). A missing file is never opened: Optuna would create an empty one."""
+    try:
+        file = storages.sqlite_file(storage) or storages.journal_file(storage)
+        if file is None:
+            return storages.resolve_url(storage), ""  # a database server, with its installed driver
+    except ConfigError as e:
+        return None, str(e)
+    scheme = storage[: storage.index(":///") + 4]
+    if file.is_absolute():
+        return (storage, "") if file.is_file() else (None, f"storage file {file} not found")
     for base in [Path.cwd(), *sweep_dir.resolve().parents]:
         if (base / file).is_file():
-            return f"sqlite:///{(base / file).resolve()}", ""
-    return None, f"storage {storage} not found from here or above {sweep_dir}"
+            return f"{scheme}{(base / file).resolve()}", ""
+    return None, f"storage {storages.safe(storage)} not found from here or above {sweep_dir}"
 
 
 def _results_file(sweep_dir: Path) -> dict:
     try:
-        data = _read_yaml(sweep_dir / "optimization_results.yaml")
+        data = read_yaml(sweep_dir / "optimization_results.yaml")
         return data if isinstance(data, dict) else {}
     except (OSError, yaml.YAMLError):
         return {}
@@ -94,7 +99,7 @@ def summarize(sweep_dir: Path, display: str) -> dict | None:
     if not storage:
         summary["note"] = "in-memory study (no hydra.sweeper.storage): only optimization_results.yaml is left"
         return summary
-    summary["storage"] = storage
+    summary["storage"] = storages.safe(str(storage))
     url, why = resolve_storage(str(storage), sweep_dir)
     if url is None:
         summary["note"] = why
@@ -114,12 +119,13 @@ def _load_study(url: str, name: str | None):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
+        storage = storages.open_storage(url)
         if name is None:
-            names = optuna.study.get_all_study_names(storage=url)
+            names = optuna.study.get_all_study_names(storage=storage)
             if len(names) != 1:
                 return None, f"study name not recorded and the storage holds {len(names)} studies"
             name = names[0]
-        return optuna.load_study(study_name=name, storage=url), ""
+        return optuna.load_study(study_name=name, storage=storage), ""
     except Exception as e:  # noqa: BLE001 - a missing study or a broken storage is one note, not a crash
         return None, f"cannot load study {name!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 

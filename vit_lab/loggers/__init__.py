@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vit_lab.io import read_json
+from vit_lab.run_files import HISTORY
 
 # Bookkeeping, never hyperparameters: the sweep's per-trial callback and the trackers' own settings (whose URIs may
 # carry credentials).
@@ -44,5 +45,5 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
 
 def history(run_dir: Path) -> list[dict]:
     """The epochs recorded so far (a resumed run's earlier epochs are there before it starts)."""
-    path = Path(run_dir) / "history.json"
+    path = Path(run_dir) / HISTORY
     return read_json(path) if path.is_file() else []

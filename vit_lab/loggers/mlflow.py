@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from vit_lab.callbacks import Callback
 from vit_lab.errors import ConfigError
 from vit_lab.loggers import flat_config, history
+from vit_lab.run_files import HISTORY, METRICS
 
 log = logging.getLogger("vit_lab.train")
 
@@ -153,7 +154,7 @@ class MLflowLogger(Callback):
         if metrics.get("reason"):
             self.client.set_tag(self.run_id, "vit_lab.reason", str(metrics["reason"])[:5000])
         if self.artifacts:
-            for name in ("metrics.json", "history.json", "metrics.csv"):
+            for name in (METRICS, HISTORY, "metrics.csv"):
                 if (self.run_dir / name).is_file():
                     self.client.log_artifact(self.run_id, str(self.run_dir / name))
             if (self.run_dir / ".hydra").is_dir():

@@ -1,15 +1,16 @@
 """softmax(q k^T * scale) v for the CPU, forward and backward by hand, for ViT-sized heads (4-16 dims, ~50 tokens).
 
-Two measured costs of torch's CPU kernels at these shapes (2-core AMD EPYC, torch 2.14, benchmarks/README.md):
+Two costs of torch's CPU kernels at these shapes decide its form (measured in benchmarks/README.md, "What was
+optimised"):
 
-- ``exp`` (and so ``softmax``) runs ~4x slower than ``exp2`` on this build. The softmax here is ``exp2(s * log2 e)``,
-  normalised: the same function (to ~1e-7), over 2x faster than ``torch.softmax``. Unshifted, it is exact while
-  row sums stay in [2^-60, 2^64]; a batch beyond that subtracts each (image, head) block's maximum (a row-wise
-  ``amax`` over 50 entries is ~10x slower than a block-wise one), and a row ~60 binary orders below its block's
-  maximum sends the batch to ``torch.softmax``.
-- MKL's batched GEMM is ~1.5-4x faster when a 4-12-wide head dimension indexes the *rows* of the product's
-  output ((dh, N) instead of (N, dh)); at 16 and beyond the usual layout is ~10% faster. Products whose output
-  has a head-dim side are computed transposed for head dims below 16.
+- ``exp`` (and so ``softmax``) is much slower than ``exp2`` on the CPU build measured, so the softmax here is
+  ``exp2(s * log2 e)``, normalised: the same function (to ~1e-7). Unshifted, it is exact while row sums stay in
+  [2^-60, 2^64]; a batch beyond that subtracts each (image, head) block's maximum (a block-wise ``amax`` is far
+  cheaper than a row-wise one), and a row ~60 binary orders below its block's maximum sends the batch to
+  ``torch.softmax``.
+- MKL's batched GEMM is faster when a narrow head dimension indexes the *rows* of the product's output ((dh, N)
+  instead of (N, dh)), and slower from 16 on, so products whose output has a head-dim side are computed
+  transposed for head dims below 16.
 
 Inputs are the projections' outputs, token-major as ``F.linear`` writes them; the gradients come back in that
 layout, so autograd adds no permute/stack copies around the kernel.
@@ -24,7 +25,7 @@ from torch.autograd.function import once_differentiable
 
 _LOG2E = 1.0 / math.log(2.0)
 _TINY, _HUGE = 2.0 ** -60, 2.0 ** 64  # softmax2 needs every row sum of exp2(logits) in this range
-_TRANSPOSE_BELOW = 16  # head dims below this compute products with a head-dim side transposed (measured: 4-12 win)
+_TRANSPOSE_BELOW = 16  # head dims below this compute products with a head-dim side transposed (see above)
 
 
 def _heads(t: torch.Tensor, h: int) -> torch.Tensor:

@@ -90,7 +90,7 @@ class MyMSA(nn.Module):
 
         The tutorial style's per-head weights become a block-diagonal matrix (head h reads only its own slice),
         so both styles run one matrix product instead of a batched product over heads: h times the multiply-adds,
-        but at the tutorial's 2 heads of 4 dims the einsum's copies cost more (6% faster step, benchmarks/README.md)."""
+        but at the tutorial's 2 heads of 4 dims the einsum's copies cost more (benchmarks/README.md)."""
         if self.style == "fused":
             return self.qkv.weight, self.qkv.bias
         h, dh = self.n_heads, self.d_head
