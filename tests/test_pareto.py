@@ -18,8 +18,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF, TINY, run_module, run_train
+from tests.conftest import CONF, TINY, run_train
 from vit_lab import sweeps
+from vit_lab.compare.__main__ import main as compare_main
 from vit_lab.errors import ConfigError
 
 STUDY = "vit_pareto-mnist"
@@ -34,9 +35,16 @@ def compose_pareto(*overrides: str):
 
 
 def pareto_args(tmp_path: Path, *extra: str, trials: int = 8) -> list[str]:
-    return ["-m", "hparams_search=vit_pareto", *FIXED, *SPACE, "trainer.epochs=1",
+    return ["-m", "hparams_search=vit_pareto", *FIXED, *SPACE, "trainer.epochs=1", "logger=none",
             f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", f"hydra.sweeper.n_trials={trials}",
             "hydra.sweeper.max_failure_rate=1.0", f"hydra.sweep.dir={tmp_path}/pareto", *extra]
+
+
+def compare(capsys, *args) -> tuple[int, str, str]:
+    """`python -m vit_lab.compare args...`, in this process."""
+    rc = compare_main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
 
 
 def dominates(a: list[float], b: list[float]) -> bool:
@@ -80,7 +88,7 @@ def test_objectives_pick_metrics_and_failures_return_one_nan_per_objective():
 
 
 @pytest.mark.slow
-def test_tiny_pareto_sweep_front_values_compare_summary_and_plot(tmp_path):
+def test_tiny_pareto_sweep_front_values_compare_summary_and_plot(tmp_path, capsys):
     proc = run_train(*pareto_args(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "cannot be pruned" not in proc.stdout + proc.stderr  # the preset's nop pruner: no warning
@@ -104,22 +112,22 @@ def test_tiny_pareto_sweep_front_values_compare_summary_and_plot(tmp_path):
     solutions = yaml.safe_load((tmp_path / "pareto" / "optimization_results.yaml").read_text())["solutions"]
     assert sorted(tuple(s["values"]) for s in solutions) == sorted(tuple(t.values) for t in study.best_trials)
 
-    proc = run_module("vit_lab.compare", str(tmp_path / "pareto"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = " ".join(proc.stdout.split())  # the summary wraps at the terminal's width
+    rc, out, err = compare(capsys, tmp_path / "pareto")
+    assert rc == 0, err[-3000:]
+    text = " ".join(out.split())  # the summary wraps at the terminal's width
     assert f"study '{STUDY}'" in text and "maximize best_val_acc, minimize n_params" in text
     assert f"Pareto front (trials no other trial beats in every objective): {len(front)}" in text
     for t in study.best_trials:
         assert f"trial {t.number}: best_val_acc {t.values[0]:.4g}, n_params {t.values[1]:.4g}" in text
-    js = run_module("vit_lab.compare", str(tmp_path / "pareto"), "--format", "json")
-    summary = json.loads(js.stdout)["sweeps"][0]
+    rc, out, _ = compare(capsys, tmp_path / "pareto", "--format", "json")
+    summary = json.loads(out)["sweeps"][0]
     assert {p["trial"] for p in summary["pareto"]} == front
     accs = [p["values"]["best_val_acc"] for p in summary["pareto"]]
     assert accs == sorted(accs, reverse=True)  # most accurate first
 
     png = tmp_path / "front.png"
-    plot = run_module("vit_lab.compare", str(tmp_path / "pareto"), "--plot", str(png), "--pareto")
-    assert plot.returncode == 0 and f"Pareto front ({len(front)} Pareto-optimal trials)" in plot.stderr, plot.stderr
+    rc, _, err = compare(capsys, tmp_path / "pareto", "--plot", png, "--pareto")
+    assert rc == 0 and f"Pareto front ({len(front)} Pareto-optimal trials)" in err, err
     import matplotlib.image
 
     pixels = matplotlib.image.imread(png)
