@@ -84,6 +84,25 @@ def test_objectives_pick_metrics_and_failures_return_one_nan_per_objective():
             sweeps.objectives(OmegaConf.create({"objectives": bad}))
 
 
+def test_a_cost_spanning_decades_is_drawn_on_a_log_axis(tmp_path):
+    import matplotlib.image
+
+    from vit_lab.compare import plots
+
+    def study_of(values):
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        for v in values:
+            study.add_trial(optuna.trial.create_trial(values=list(v)))
+        return study
+
+    wide = study_of([(0.90, 12_000), (0.95, 150_000), (0.97, 1_200_000), (0.93, 900_000)])
+    assert plots.log_axes(wide) == [False, True]
+    assert plots.log_axes(study_of([(0.90, 12_000), (0.95, 60_000)])) == [False, False]
+    assert plots.log_axes(study_of([(-1.0, 10.0), (0.5, 1000.0)])) == [False, True]  # only positive values
+    out, n = plots.plot_pareto([{"_study": wide}], tmp_path / "front.png")
+    assert n == 3 and matplotlib.image.imread(out).shape[:2] == (600, 800)
+
+
 # --------------------------------------------------------------------------- end to end (slow)
 
 
