@@ -111,6 +111,7 @@ def test_tiny_pareto_sweep_front_values_compare_summary_and_plot(tmp_path, capsy
     proc = run_train(*pareto_args(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "cannot be pruned" not in proc.stdout + proc.stderr  # the preset's nop pruner: no warning
+    assert f"on the Pareto front (python -m vit_lab.compare {tmp_path / 'pareto'} lists them)" in proc.stdout
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db")
     S = optuna.trial.TrialState
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]

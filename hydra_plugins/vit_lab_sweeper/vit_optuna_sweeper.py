@@ -352,8 +352,8 @@ def _log_summary(study: Any, info: dict, path: Path) -> None:
     counts = ", ".join(f"{n} {k}" for k, n in sorted(info["trials"].items()))
     best = info.get("best_trial")
     if "pareto_front" in info:
-        log.info("vit_optuna: study %r: %s; %d trials on the Pareto front", study.study_name, counts,
-                 len(info["pareto_front"]))
+        log.info("vit_optuna: study %r: %s; %d trials on the Pareto front (python -m vit_lab.compare %s lists them)",
+                 study.study_name, counts, len(info["pareto_front"]), path.parent)
     elif best:
         test = f", test_acc {best['test_acc']:.4f}" if best.get("test_acc") is not None else ""
         log.info("vit_optuna: study %r: %s. Best trial %d: value %.4f%s, params %s, run dir %s",
