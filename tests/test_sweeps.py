@@ -280,6 +280,10 @@ def test_each_job_outcome_is_told_as_complete_pruned_or_fail():
         (job("oops"), {}, 1, S.FAIL, None, True),
         (job(0.5), {}, 2, S.FAIL, None, True),
         (job((1.0, 2.0, 3.0)), {}, 2, S.FAIL, None, True),
+        # vit_lab.train in a multi-objective sweep returns NaN per objective when it stops; metrics.json says why
+        (job((float("nan"),) * 2), {"status": "failed", "reason": "training loss became nan"}, 2, S.FAIL, None, True),
+        (job((float("nan"),) * 2), {"status": "pruned", "reason": "pruned by the task"}, 2, S.PRUNED, None, False),
+        (job((float("nan"), 5706.0)), {}, 2, S.FAIL, None, False),
     ]
     for ret, metrics, n, state, values, counts in cases:
         got = outcome(ret, metrics, n)

@@ -19,12 +19,15 @@ import re
 from typing import Any
 
 from vit_lab.callbacks import Callback
-from vit_lab.errors import RunStopped
+from vit_lab.errors import ConfigError, RunStopped
 
 # Sweeper-written keys of a trial's user attributes (visible in optuna-dashboard).
 RUN_DIR, STATUS, REASON, TEST_ACC = "run_dir", "status", "reason", "test_acc"
 TRIAL_ENV = "VIT_OPTUNA_TRIAL"  # {"storage", "study", "trial" (number), "pruner" (an instantiable config or null)}
 PRUNERS = ("optuna.pruners.*",)
+# metrics.json keys a job can return to a sweep (the config's `objectives`); never the test accuracy, which must
+# stay unseen by the search
+OBJECTIVES = ("best_val_acc", "val_acc", "n_params", "train_seconds")
 _STORAGES: dict[str, Any] = {}
 
 
@@ -110,6 +113,38 @@ class OptunaTrialCallback(Callback):
 
     def __call__(self, epoch: int, record: dict) -> None:
         self.on_epoch_end(epoch, record)
+
+
+def objectives(cfg: Any) -> list[str]:
+    """The config's ``objectives``: the metrics.json keys ``vit_lab.train`` returns, checked before any training."""
+    names = _objective_names(cfg)
+    bad = [n for n in names if n not in OBJECTIVES]
+    if not names or bad:
+        raise ConfigError(f"objectives={names}: list one or more of {', '.join(OBJECTIVES)} (the values the job "
+                          f"returns to a sweep, e.g. objectives=[best_val_acc,n_params] for hparams_search=vit_pareto)")
+    return names
+
+
+def objective_values(names: list[str], metrics: dict) -> float | tuple[float, ...]:
+    """What the job returns: the one objective's value (a float, as a single-objective sweeper expects), else a
+    tuple in the order of ``names`` (the order of ``hydra.sweeper.direction``)."""
+    values = tuple(float(metrics[n]) if metrics.get(n) is not None else math.nan for n in names)
+    return values[0] if len(values) == 1 else values
+
+
+def failed_values(cfg: Any) -> float | tuple[float, ...]:
+    """What a failed or pruned job returns: NaN for each objective (the sweeper reads the reason from metrics.json)."""
+    n = len(_objective_names(cfg))
+    return math.nan if n <= 1 else (math.nan,) * n
+
+
+def _objective_names(cfg: Any) -> list[str]:
+    from omegaconf import ListConfig, OmegaConf
+
+    names = OmegaConf.select(cfg, "objectives", default=None)
+    if names is None:
+        return ["best_val_acc"]
+    return [str(n) for n in names] if isinstance(names, (list, tuple, ListConfig)) else [str(names)]
 
 
 # --------------------------------------------------------------------------- sweeper helpers

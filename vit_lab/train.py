@@ -31,7 +31,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from vit_lab import debug
+from vit_lab import debug, sweeps
 from vit_lab.callbacks import Callbacks, StopTraining
 from vit_lab.config import build
 from vit_lab.data import Batches
@@ -346,19 +346,21 @@ def claim_run_dir(run_dir: Path) -> bool:
     return True
 
 
-def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
-    """Train, validate each epoch, test at the end. Returns the best validation accuracy (the sweep objective).
+def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | tuple[float, ...]:
+    """Train, validate each epoch, test at the end. Returns the sweep objective(s): ``cfg.objectives`` read from
+    metrics.json, by default the best validation accuracy (a float); several objectives give a tuple.
 
     Holds the run directory's lock while it runs (``main()`` holds it longer, to record a failure there)."""
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
     took = claim_run_dir(run_dir)
     try:
+        objectives = sweeps.objectives(cfg)
         job = setup(cfg, run_dir)
         state = restore(job)
         with running(job):
             fit(job, state)
             test(job, state)
-        return float(state.best_val_acc)
+        return sweeps.objective_values(objectives, job.run.metrics)
     finally:
         if took:
             release_dir(run_dir)
@@ -396,7 +398,7 @@ def _interrupt_outside_the_loop(run_dir: Path) -> Iterator[None]:
 
 
 @hydra.main(config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | tuple[float, ...]:
     """Hydra entry point: user errors become one line and a non-zero exit (or a failed trial in a sweep)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -416,8 +418,8 @@ def main(cfg: DictConfig) -> float:
         if isinstance(e, Interrupted):
             print(f"vit_lab: {e}", file=sys.stderr)
             sys.exit(128 + e.signum)
-        if multirun:  # a failed trial, not a failed sweep: NaN is recorded as a failed trial
-            return float("nan")
+        if multirun:  # a failed trial, not a failed sweep: NaN (one per objective) is recorded as a failed trial
+            return sweeps.failed_values(cfg)
         print(f"vit_lab: error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:

@@ -52,7 +52,8 @@ class VitOptunaSweeperConf(OptunaSweeperConf):
 
     # Stops unpromising trials from their per-epoch reports (needs a storage): hydra/sweeper/pruner=median (default),
     # hyperband, threshold or nop (no pruning; hydra.sweeper.pruner=null works too). Multi-objective studies are
-    # never pruned (Optuna prunes single objectives only): the sweeper switches pruning off and says so.
+    # never pruned (Optuna prunes single objectives only): the sweeper switches pruning off and says so (unless nop).
+    # A task config's `objectives` list (vit_lab.train's) must match the direction list, and names the study's metrics.
     pruner: Any = MISSING
     # Heartbeat (seconds) of the trials this process runs; a RUNNING trial whose heartbeat is older than grace_period
     # (its worker was killed) is marked FAIL by the next worker that asks for a trial. Live workers keep beating.

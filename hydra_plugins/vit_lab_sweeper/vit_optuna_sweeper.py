@@ -86,10 +86,12 @@ class VitOptunaSweeper(Sweeper):
         for name in fixed:  # a value fixed on the command line leaves the search space
             space.pop(name, None)
         self.url = storages.resolve_url(self.storage_conf)
-        study, storage, session = self._open_study(space)
+        study, storage, session = self._open_study(space, self._objective_names())
         if len(self.directions) > 1 and self.pruner:
-            log.warning("vit_optuna: a multi-objective study cannot be pruned (Optuna prunes one objective): "
-                        "pruning is off")
+            if _pruner_name(self.pruner) != "NopPruner":
+                log.warning("vit_optuna: a multi-objective study cannot be pruned (Optuna prunes one objective): "
+                            "pruning is off, %s is ignored and every trial trains its full budget "
+                            "(hydra/sweeper/pruner=nop avoids this warning)", _pruner_name(self.pruner))
             self.pruner = None
         elif self.url is None and self.pruner:
             log.info("vit_optuna: no hydra.sweeper.storage, so jobs cannot report to the study: pruning is off")
@@ -108,9 +110,23 @@ class VitOptunaSweeper(Sweeper):
 
     # ------------------------------------------------------------------ study and sampler
 
-    def _open_study(self, space: dict) -> tuple[Any, Any, int]:
+    def _objective_names(self) -> list[str] | None:
+        """The task's `objectives` (the metrics.json keys `vit_lab.train` returns), one per direction; None for a
+        task without that list (any other Hydra task)."""
+        from vit_lab.errors import ConfigError
+
+        names = OmegaConf.select(self.config, "objectives", default=None)
+        if not isinstance(names, ListConfig):
+            return None
+        if len(names) != len(self.directions):
+            raise ConfigError(f"objectives={list(names)} returns {len(names)} value(s) but hydra.sweeper.direction="
+                              f"{self.directions} expects {len(self.directions)}: give one direction per objective "
+                              "(hparams_search=vit_pareto: objectives=[best_val_acc,n_params], [maximize,minimize])")
+        return [str(n) for n in names]
+
+    def _open_study(self, space: dict, names: list[str] | None = None) -> tuple[Any, Any, int]:
         """Create or load the study (under the storage's lock: concurrent workers count sessions one at a time),
-        then load it again with this session's sampler."""
+        name its objectives after the task's `names`, then load it again with this session's sampler."""
         import optuna
 
         from vit_lab import storages
@@ -124,6 +140,10 @@ class VitOptunaSweeper(Sweeper):
             if found != self.directions:
                 raise ConfigError(f"hydra.sweeper.direction={self.directions} does not match study "
                                   f"{study.study_name!r}, created with {found}; use another hydra.sweeper.study_name")
+            if names and study.metric_names != names:
+                with warnings.catch_warnings():  # "experimental" since Optuna 3.2; read by compare and the dashboard
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(names)
             session = study.user_attrs.get(SESSIONS, 0)
             study.set_user_attr(SESSIONS, session + 1)
         sampler = self._sampler(space, session)
@@ -307,6 +327,11 @@ def _directions(direction: Any) -> list[str]:
     return names
 
 
+def _pruner_name(pruner: Any) -> str:
+    target = pruner.get("_target_") if isinstance(pruner, dict) else None
+    return str(target).rsplit(".", 1)[-1] if target else type(pruner).__name__
+
+
 def _grid_choices(dist: Any) -> list:
     """The grid of one distribution of the search space (GridSampler takes discrete ones only)."""
     import optuna.distributions as D
@@ -327,8 +352,8 @@ def _log_summary(study: Any, info: dict, path: Path) -> None:
     counts = ", ".join(f"{n} {k}" for k, n in sorted(info["trials"].items()))
     best = info.get("best_trial")
     if "pareto_front" in info:
-        log.info("vit_optuna: study %r: %s; %d trials on the Pareto front", study.study_name, counts,
-                 len(info["pareto_front"]))
+        log.info("vit_optuna: study %r: %s; %d trials on the Pareto front (python -m vit_lab.compare %s lists them)",
+                 study.study_name, counts, len(info["pareto_front"]), path.parent)
     elif best:
         test = f", test_acc {best['test_acc']:.4f}" if best.get("test_acc") is not None else ""
         log.info("vit_optuna: study %r: %s. Best trial %d: value %.4f%s, params %s, run dir %s",

@@ -200,9 +200,22 @@ def plot_pareto(summaries: Sequence[dict], out: str | Path) -> tuple[Path, int]:
         fig = ax.figure
         fig.set_size_inches(*PARETO_SIZE)
         if len(names) == 2:  # trial numbers beside the Pareto-optimal points, as the summary lists them
+            x_log, y_log = log_axes(study)
+            ax.set_xscale("log" if x_log else "linear")
+            ax.set_yscale("log" if y_log else "linear")
             for t in study.best_trials:
                 ax.annotate(str(t.number), t.values, textcoords="offset points", xytext=(5, 5), fontsize="small")
         n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         ax.set_title(f"Pareto front of {study.study_name}: {len(study.best_trials)} of {n_complete} complete trials")
         fig.tight_layout()
         return _save(fig, out), len(study.best_trials)
+
+
+def log_axes(study) -> list[bool]:
+    """Per objective: draw it on a log axis? Yes when its complete trials' values are positive and span at least
+    a decade (a parameter count from 10k to 1M), where a linear axis would crowd the small ones into a corner."""
+    from optuna.trial import TrialState
+
+    values = [t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    columns = [[v[i] for v in values if _finite(v[i])] for i in range(len(study.directions))]
+    return [bool(c) and min(c) > 0 and max(c) >= 10 * min(c) for c in columns]
