@@ -2,8 +2,7 @@
 run directory, the same Optuna trial; the run directory's lock lets the requeued job in, and no one else.
 
 The jobs run under `hydra/launcher=submitit_local`, submitit's own local executor, whose controller sends the
-preemption signal `signal_delay_s` (30 s there) before `timeout_min` and restarts a job that asks to be requeued, as
-Slurm does. No Slurm cluster runs in CI (see the README's Slurm section).
+preemption signal 30 s before `timeout_min` and restarts a job that asks to be requeued, as Slurm does. No Slurm cluster runs in CI (see the README's Slurm section).
 """
 
 from __future__ import annotations
@@ -28,8 +27,7 @@ USR = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
 SMALL = ["data.val_size=256", "data.test_limit=256", "trainer.batch_size=16", "model.depth=1", "model.hidden_d=16",
          "model.patch_size=7", "model.n_heads=2", "optimizer.lr=0.01", "scheduler.warmup_epochs=0.2",
          "trainer.progress=false", "trainer.checkpoint=true", "device=cpu", "device.threads=1"]
-# ~40 s of training on 2 cores: the first job is still training when its timeout signal comes (30 s after it starts)
-LONG = [*SMALL, "trainer.epochs=12", "data.train_limit=48000"]
+RUN = [*SMALL, "trainer.epochs=3", "data.train_limit=9600"]  # 600 steps per epoch
 
 
 def read(path: Path) -> dict | list:
@@ -54,26 +52,51 @@ def submitit_log(sweep_dir: Path) -> str:
     return "".join(p.read_text() for p in sorted((sweep_dir / ".submitit").rglob("*_log.*")))
 
 
+def pending(pid: int, sig: int) -> bool:
+    """Whether ``sig`` waits for process ``pid`` (Linux: the pending-signal masks in /proc/<pid>/status)."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return any(int(line.split()[1], 16) >> (sig - 1) & 1 for line in lines if line.startswith(("SigPnd:", "ShdPnd:")))
+
+
+def wait_until(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+
+
+def epochs_done(run_dir: Path) -> int:
+    return len(read(run_dir / "history.json")) if (run_dir / "history.json").is_file() else 0
+
+
 @pytest.mark.slow
 def test_timeout_requeues_and_the_job_resumes_to_the_uninterrupted_metrics(tmp_path):
     """submitit's timeout signal: the job checkpoints at a step, is requeued, resumes in its own run directory and
-    ends with the metrics and history of an uninterrupted run (CPU, one thread, same seed)."""
-    sweep = tmp_path / "sweep"
-    ref = popen(*LONG, f"hydra.run.dir={tmp_path / 'ref'}")  # on the other core
+    ends with the metrics and history of an uninterrupted run (CPU, one thread, same seed).
+
+    submitit_local signals a job 30 s after it starts (timeout_min=1, 30 s before the end). So that the signal finds
+    the job mid-epoch on any machine, the test pauses it there (SIGSTOP) until the signal is pending, then lets it go."""
+    sweep, run_dir = tmp_path / "sweep", tmp_path / "sweep" / "0"
+    proc = popen("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1", *RUN, f"hydra.sweep.dir={sweep}")
     try:
-        proc = run_train("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1", *LONG,
-                         f"hydra.sweep.dir={sweep}", timeout=400)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert ref.wait(timeout=300) == 0, ref.communicate()[1][-3000:]
+        wait_until(lambda: epochs_done(run_dir) >= 1, proc)
+        pid = int((run_dir / ".lock").read_text().split()[1])
+        time.sleep(0.3)  # into epoch 2
+        os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: pending(pid, USR), proc, timeout=90)  # the controller's timeout signal, not the test's
+        os.kill(pid, signal.SIGCONT)
+        ref = run_train(*RUN, f"hydra.run.dir={tmp_path / 'ref'}")  # meanwhile, on the other core
+        assert ref.returncode == 0, ref.stderr[-3000:]
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
     finally:
-        if ref.poll() is None:
-            ref.kill()
+        if proc.poll() is None:
+            proc.kill()
     log = submitit_log(sweep)
     assert f"Caught signal {USR.name}" in log and "Requeued job" in log, log[-3000:]
-    run_dir = sweep / "0"
     m = read(run_dir / "metrics.json")
     assert m["resumed_from"] == str(run_dir / "checkpoint.pt") and m["job_id"]  # the same folder, not a new one
-    assert "resumed from" in (run_dir / "train.log").read_text()
+    assert re.search(r"resumed from .* at epoch 1, step [1-9]", (run_dir / "train.log").read_text())  # mid-epoch
     assert results(run_dir) == results(tmp_path / "ref")  # exactly
 
 
@@ -86,15 +109,12 @@ def test_preempted_trial_resumes_and_reports_to_the_same_trial(tmp_path):
                  *SMALL, "trainer.epochs=3", "data.train_limit=19200", f"hydra.sweep.dir={sweep}",
                  f"hydra.sweeper.storage={db}", "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1")
     run_dir = sweep / "0"
-    deadline = time.monotonic() + 240
-    while not (run_dir / "history.json").is_file() or not read(run_dir / "history.json"):  # epoch 1 is done
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
+    wait_until(lambda: epochs_done(run_dir) >= 1, proc)
     holder = (run_dir / ".lock").read_text()
     assert ", submitit job " in holder  # the lock names the job, which its requeued self recognises
     time.sleep(0.5)  # into epoch 2 (1200 steps, ~2.5 s)
     os.kill(int(holder.split()[1]), USR)
-    out, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     assert "Requeued job" in submitit_log(sweep)
     assert re.search(r"resumed from .* at epoch 1, step [1-9]", (run_dir / "train.log").read_text())  # mid-epoch
