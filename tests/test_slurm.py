@@ -191,3 +191,14 @@ def test_resume_only_a_run_directory_of_this_same_job(tmp_path, monkeypatch):
     assert preemption.resume_from(run_dir, "checkpoint.pt", "metrics.json") == str(run_dir)
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")  # another task of the array: its own folder, not this one
     assert preemption.resume_from(run_dir, "checkpoint.pt", "metrics.json") is None
+
+
+def test_vit_slurm_requeues_timed_out_trials():
+    """submitit_slurm's max_num_timeout=0 would end every timed-out trial as FAIL instead of requeueing it."""
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF)):
+        launcher = compose("config", overrides=["hydra/launcher=vit_slurm"], return_hydra_config=True).hydra.launcher
+    assert launcher.max_num_timeout >= 1 and launcher.signal_delay_s >= 60
