@@ -2,7 +2,8 @@
 run directory, the same Optuna trial; the run directory's lock lets the requeued job in, and no one else.
 
 The jobs run under `hydra/launcher=submitit_local`, submitit's own local executor, whose controller sends the
-preemption signal 30 s before `timeout_min` and restarts a job that asks to be requeued, as Slurm does. No Slurm cluster runs in CI (see the README's Slurm section).
+preemption signal 30 s before `timeout_min` and restarts a job that asks to be requeued, as Slurm does. No Slurm
+cluster runs in CI (see the README's Slurm section and .ci/slurm_single_node.sh).
 """
 
 from __future__ import annotations
