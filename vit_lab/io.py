@@ -56,11 +56,11 @@ def _release_all() -> None:
         release_dir(path)
 
 
-def claim_dir(path: str | os.PathLike) -> str | None:
+def claim_dir(path: str | os.PathLike, note: str = "") -> str | None:
     """Take this process's exclusive lock on ``path/.lock`` (held until :func:`release_dir` or exit).
 
-    Returns None when the lock is ours, else what the lock file says about its holder ("pid N on host") when
-    another live process holds it. Where ``fcntl`` is missing (Windows) it always returns None.
+    Returns None when the lock is ours, else what the lock file says about its holder ("pid N on host" + its
+    ``note``) when another live process holds it. Where ``fcntl`` is missing (Windows) it always returns None.
     """
     try:
         import fcntl
@@ -79,7 +79,7 @@ def claim_dir(path: str | os.PathLike) -> str | None:
         return holder
     f.seek(0)
     f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}{note}\n")
     f.flush()
     _HELD[path] = f
     return None

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from vit_lab import preemption
 from vit_lab.errors import ConfigError
 from vit_lab.io import atomic_write, read_json, write_json
 from vit_lab.run_files import BEST, CHECKPOINT, HISTORY, METRICS
@@ -102,6 +103,9 @@ class Run:
             "epochs": cfg.trainer.epochs,
             "epochs_completed": 0,
         }
+        job = preemption.job_id()
+        if job is not None:  # a submitit/Slurm job: its requeued self finds its own run directory by this id
+            self.metrics["job_id"] = job
         self.history: list[dict] = []
 
     def write_metrics(self, **updates: Any) -> None:

@@ -31,13 +31,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from vit_lab import debug, sweeps
+from vit_lab import debug, preemption, sweeps
 from vit_lab.callbacks import Callbacks, StopTraining
 from vit_lab.config import build
 from vit_lab.data import Batches
 from vit_lab.device import autocast, compile_model, configure_process, resolve_device
 from vit_lab.errors import Diverged, Interrupted, RunDirBusy, RunStopped, UserError
-from vit_lab.io import claim_dir, dir_is_held, release_dir
+from vit_lab.io import dir_is_held, release_dir
 from vit_lab.job import Job, build_data, build_optimizer, config_number, param_groups, validate_config  # noqa: F401
 from vit_lab.records import (BEST, CHECKPOINT, HISTORY, METRICS, Run, check_compatible, finish_with_error,  # noqa: F401
                              git_info, load_checkpoint, now, versions)
@@ -69,7 +69,7 @@ def evaluate(model: torch.nn.Module, batches: Batches, device: torch.device, pre
 
 @contextmanager
 def stop_on_signals() -> Iterator[dict]:
-    """Turn SIGINT/SIGTERM into a flag the loop checks at each step boundary."""
+    """Turn SIGINT/SIGTERM (and, in a submitit job, its preemption signal) into a flag checked at each step."""
     flag: dict = {"signum": None}
 
     def handler(signum, frame):  # noqa: ARG001
@@ -77,7 +77,7 @@ def stop_on_signals() -> Iterator[dict]:
 
     previous = {}
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, *preemption.signals()):
             previous[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread (some launchers): signals stay with their default handlers
         pass
@@ -339,7 +339,7 @@ def claim_run_dir(run_dir: Path) -> bool:
     run_dir.mkdir(parents=True, exist_ok=True)
     if dir_is_held(run_dir):
         return False
-    holder = claim_dir(run_dir)
+    holder = preemption.claim(run_dir)  # claim_dir; a requeued Slurm job waits for its predecessor
     if holder is not None:
         raise RunDirBusy(f"{run_dir} is in use by another run ({holder}); its files are left alone. "
                          "Pass hydra.run.dir=<a new folder> (runs started in the same second share a folder)")
@@ -404,6 +404,7 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         claim_run_dir(run_dir)  # before train(), so a failure is recorded while the directory is still ours
+        cfg.resume = preemption.resume_from(run_dir, CHECKPOINT, METRICS) or cfg.resume  # a requeued Slurm job
         with _interrupt_outside_the_loop(run_dir):
             return train(cfg, run_dir)
     except (UserError, RunStopped, Interrupted) as e:
@@ -413,6 +414,8 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
         # a single run's console gets the one line below; a sweep job's error must reach the console here, or
         # the sweep's own summary ("no trial completed") would be all the user sees
         _log_to_files(logging.ERROR, f"{status}: {e}", console=multirun and not isinstance(e, Interrupted))
+        if isinstance(e, Interrupted):
+            preemption.hand_over(e.signum)  # submitit's preemption signal: submitit requeues the job and exits
         if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the traceback, for debugging; metrics.json is already written
             raise
         if isinstance(e, Interrupted):
