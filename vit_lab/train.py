@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from vit_lab import debug
 from vit_lab.callbacks import Callbacks, StopTraining
+from vit_lab.cli import cli, full_error
 from vit_lab.config import build
 from vit_lab.data import Batches
 from vit_lab.device import autocast, compile_model, configure_process, resolve_device
@@ -395,7 +396,8 @@ def _interrupt_outside_the_loop(run_dir: Path) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-@hydra.main(config_path="../conf", config_name="config")
+# absolute: the console script imports this module, where Hydra would read "../conf" as a Python package
+@hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point: user errors become one line and a non-zero exit (or a failed trial in a sweep)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -411,7 +413,7 @@ def main(cfg: DictConfig) -> float:
         # a single run's console gets the one line below; a sweep job's error must reach the console here, or
         # the sweep's own summary ("no trial completed") would be all the user sees
         _log_to_files(logging.ERROR, f"{status}: {e}", console=multirun and not isinstance(e, Interrupted))
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the traceback, for debugging; metrics.json is already written
+        if full_error():  # the user's HYDRA_FULL_ERROR=1: the traceback, for debugging; metrics.json is already written
             raise
         if isinstance(e, Interrupted):
             print(f"vit_lab: {e}", file=sys.stderr)
@@ -424,7 +426,10 @@ def main(cfg: DictConfig) -> float:
         release_dir(run_dir)  # this process is done writing there
 
 
-if __name__ == "__main__":
-    from vit_lab.cli import cli
+def run() -> None:
+    """``vit-lab-train`` and ``python -m vit_lab.train``: Hydra's main, with one-line errors for bad overrides."""
+    cli(main)
 
-    cli(main)  # Hydra's main, with one-line errors for bad overrides and output dirs
+
+if __name__ == "__main__":
+    run()
