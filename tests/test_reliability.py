@@ -108,7 +108,7 @@ def read(path: Path):
     ("optimizer=nadam", ["optimizer/nadam", "adamw"]),
     ("model.depth=[", ["model.depth=["]),                    # an override Hydra cannot parse
     ("trainer.epochs=two", ["trainer.epochs", "two"]),       # wrong types
-    ("trainer.epochs=1.5", ["trainer.epochs", "integer"]),
+    ("trainer.epochs=1.5", ["trainer.epochs", "1.5", "Integer"]),
     ("optimizer.lr=abc", ["optimizer.lr", "abc"]),
     ("trainer.epochs=-1", ["trainer.epochs=-1"]),            # zero or negative sizes, epochs, batch, lr
     ("trainer.batch_size=0", ["trainer.batch_size=0"]),

@@ -39,7 +39,7 @@ from vit_lab.data import Batches
 from vit_lab.device import autocast, compile_model, configure_process, resolve_device
 from vit_lab.errors import Diverged, Interrupted, RunDirBusy, RunStopped, UserError
 from vit_lab.io import claim_dir, dir_is_held, release_dir
-from vit_lab.job import Job, build_data, build_optimizer, config_number, param_groups, validate_config  # noqa: F401
+from vit_lab.job import Job, build_data, build_optimizer, param_groups, validate_config  # noqa: F401
 from vit_lab.records import (BEST, CHECKPOINT, HISTORY, METRICS, Run, check_compatible, finish_with_error,  # noqa: F401
                              git_info, load_checkpoint, now, versions)
 
@@ -132,8 +132,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
     spec = validate_config(cfg)
     device = resolve_device(cfg.device.name)
     autocast(device, cfg.device.precision)  # validates the precision name early
-    threads = config_number(cfg, "device.threads", int, 0) if cfg.device.threads else None
-    configure_process(device, threads, malloc=cfg.device.get("tune_malloc", False))  # 1.05-1.3x on the CPU
+    configure_process(device, cfg.device.threads, malloc=cfg.device.tune_malloc)  # 1.05-1.3x on the CPU
     callbacks = Callbacks.from_config(cfg)
     ckpt_file, ckpt = (None, None) if cfg.resume is None else load_checkpoint(cfg.resume)
     torch.manual_seed(cfg.trainer.seed)
