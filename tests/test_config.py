@@ -99,6 +99,9 @@ def test_hydra_output_dirs():
     ("optimizer.lr=0", ["optimizer.lr=0"]),
     ("optimizer.lr=-1e-3", ["optimizer.lr"]),
     ("data.val_size=-1", ["data.val_size"]),
+    ("trainer.limit_batches=-1", ["trainer.limit_batches=-1", ">= 0"]),  # ranges the schema's types cannot say
+    ("device.threads=-2", ["device.threads=-2"]),
+    ("trainer.label_smoothing=1.0", ["trainer.label_smoothing=1.0", "< 1"]),
 ])
 def test_bad_values_fail_validation_with_one_line(override, words):
     cfg = compose_cfg(override)

@@ -125,6 +125,7 @@ def read(path: Path):
     ("model.patch_size=5", ["model.patch_size=5", "28x28"]),  # patch does not divide the image
     ("model.n_heads=3", ["model.n_heads=3", "model.hidden_d=64"]),  # heads do not divide the width
     ("device.precision=fp8", ["device.precision", "fp8"]),
+    ("device.precision=fp16", ["device.precision=fp16", "gradient scaler", "bf16"]),  # refused: no scaler
     ("device=mps", ["device=mps", "device=cpu"]),            # absent devices
     ("device.name=cuda:99", ["device=cuda:99"]),             # absent on any machine with < 100 GPUs
 ])

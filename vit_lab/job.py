@@ -31,11 +31,10 @@ def validate_config(cfg: DictConfig) -> Dataset:
     """What types cannot say, checked before any data is read or any step is taken; returns the data spec.
 
     Wrong types and unknown keys never get here: they fail while Hydra composes (``vit_lab/schema.py``)."""
-    for key in ("trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size", "optimizer.lr", "trainer.grad_clip",
-                "device.threads"):
+    for key in ("trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size", "optimizer.lr", "trainer.grad_clip"):
         at_least(cfg, key, 0)
     for key in ("trainer.seed", "trainer.label_smoothing", "optimizer.weight_decay", "trainer.limit_batches",
-                "trainer.overfit_batches", "trainer.profile.wait", "trainer.profile.warmup"):
+                "trainer.overfit_batches", "trainer.profile.wait", "trainer.profile.warmup", "device.threads"):
         at_least(cfg, key, 0, strict=False)
     at_least(cfg, "trainer.profile.active", 1, strict=False)
     if cfg.trainer.label_smoothing >= 1:
