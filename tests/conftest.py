@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.postgres import postgres, postgres_url  # noqa: F401 - a throwaway PostgreSQL server, shared by the session
+from vit_lab import schema  # noqa: F401 - registers the config schemas, so every test can compose
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

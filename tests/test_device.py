@@ -76,12 +76,20 @@ def test_absent_mps(cuda):
 def test_precision_names(device_type):
     d = torch.device(device_type)
     assert isinstance(dev.autocast(d, "fp32"), contextlib.nullcontext)
-    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        ctx = dev.autocast(d, name)
-        assert isinstance(ctx, torch.autocast)
-        assert ctx.fast_dtype == dtype and ctx.device == device_type
+    ctx = dev.autocast(d, "bf16")
+    assert isinstance(ctx, torch.autocast)
+    assert ctx.fast_dtype == torch.bfloat16 and ctx.device == device_type
     with pytest.raises(ConfigError, match="fp8"):
         dev.autocast(d, "fp8")
+
+
+def test_fp16_is_refused_with_its_reason():
+    """No gradient scaler, so fp16 would silently underflow small gradients: refused, pointing at bf16."""
+    with pytest.raises(ConfigError) as err:
+        dev.autocast(torch.device("cpu"), "fp16")
+    message = str(err.value)
+    assert "\n" not in message and "device.precision=fp16" in message
+    assert "gradient scaler" in message and "device.precision=bf16" in message
 
 
 def test_bf16_autocast_on_cpu_gives_bf16_matmuls_and_float_loss():

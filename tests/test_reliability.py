@@ -108,7 +108,7 @@ def read(path: Path):
     ("optimizer=nadam", ["optimizer/nadam", "adamw"]),
     ("model.depth=[", ["model.depth=["]),                    # an override Hydra cannot parse
     ("trainer.epochs=two", ["trainer.epochs", "two"]),       # wrong types
-    ("trainer.epochs=1.5", ["trainer.epochs", "integer"]),
+    ("trainer.epochs=1.5", ["trainer.epochs", "1.5", "Integer"]),
     ("optimizer.lr=abc", ["optimizer.lr", "abc"]),
     ("trainer.epochs=-1", ["trainer.epochs=-1"]),            # zero or negative sizes, epochs, batch, lr
     ("trainer.batch_size=0", ["trainer.batch_size=0"]),
@@ -125,6 +125,7 @@ def read(path: Path):
     ("model.patch_size=5", ["model.patch_size=5", "28x28"]),  # patch does not divide the image
     ("model.n_heads=3", ["model.n_heads=3", "model.hidden_d=64"]),  # heads do not divide the width
     ("device.precision=fp8", ["device.precision", "fp8"]),
+    ("device.precision=fp16", ["device.precision=fp16", "gradient scaler", "bf16"]),  # refused: no scaler
     ("device=mps", ["device=mps", "device=cpu"]),            # absent devices
     ("device.name=cuda:99", ["device=cuda:99"]),             # absent on any machine with < 100 GPUs
 ])

@@ -1,15 +1,15 @@
 """Command-line entry point: Hydra's main, with every user error reported as one line.
 
-Hydra reports errors from its own machinery (an unknown key or group option, an override it cannot parse,
-a sweeper parameter it cannot read, an output directory it cannot create) in `run_and_report`, as several
-lines or a traceback. :func:`cli` runs the Hydra main with a stand-in for that reporter which prints such
-errors as one line (``vit_lab: error: ...``) and exits 2; anything else (a real bug) is reported by Hydra
-as usual. ``HYDRA_FULL_ERROR=1`` keeps Hydra's behaviour untouched: full tracebacks, for debugging.
+Hydra reports errors from its own machinery (an unknown key, a wrong type, an unknown group option, an override
+it cannot parse, a sweeper parameter it cannot read, an output directory it cannot create) as several lines or a
+traceback, and exits 1. :func:`cli` runs the Hydra main with Hydra's documented ``HYDRA_FULL_ERROR=1``, so those
+errors reach it, prints each one a user can fix as one line (``vit_lab: error: ...``) and exits 2; anything else
+(a real bug) propagates with its full traceback. A user's own ``HYDRA_FULL_ERROR=1`` keeps Hydra's behaviour
+untouched: full tracebacks, for debugging.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import sys
@@ -19,10 +19,6 @@ from typing import Any, Callable, Iterator
 from vit_lab.errors import UserError
 
 EXIT_USER_ERROR = 2
-
-
-def _full_error() -> bool:
-    return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 def one_line(text: str) -> str:
@@ -114,42 +110,45 @@ def _in_own_code(ex: BaseException) -> bool:
     return _frames_under(ex, "vit_lab")
 
 
+# Set beside HYDRA_FULL_ERROR when cli(), not the user, set it; launched jobs inherit both and can tell the two apart.
+_SET_BY_CLI = "VIT_LAB_CLI_SET_FULL_ERROR"
+
+
+def full_error() -> bool:
+    """Whether the user asked for full tracebacks (``HYDRA_FULL_ERROR=1``), as opposed to :func:`cli` setting it."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" and os.environ.get(_SET_BY_CLI) != "1"
+
+
 @contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Replace Hydra's error reporter while the Hydra main runs."""
-    from hydra._internal import utils as hydra_utils
+    """While the Hydra main runs, errors reach the caller: a user's error exits 2 with one line, a bug re-raises.
 
-    original = hydra_utils.run_and_report
-
-    def run_and_report(func: Callable[[], Any]) -> Any:
-        if _full_error():
-            return original(func)
-        try:
-            return func()
-        except Exception as ex:  # noqa: BLE001 - filtered by describe(); the rest goes to Hydra's reporter
-            msg = describe(ex)
-            if msg is None:
-                return original(functools.partial(_reraise, ex))
-            print(f"vit_lab: error: {msg}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
-
-    hydra_utils.run_and_report = run_and_report
+    Hydra's documented ``HYDRA_FULL_ERROR=1`` makes its reporter re-raise instead of printing its own multi-line
+    report and exiting 1; the variable is restored afterwards.
+    """
+    if full_error():
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("HYDRA_FULL_ERROR", _SET_BY_CLI)}
+    os.environ.update({"HYDRA_FULL_ERROR": "1", _SET_BY_CLI: "1"})
     try:
         yield
+    except Exception as ex:  # noqa: BLE001 - filtered by describe(); anything else (a bug) propagates unchanged
+        msg = describe(ex)
+        if msg is None:
+            raise
+        print(f"vit_lab: error: {msg}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     finally:
-        hydra_utils.run_and_report = original
-
-
-def _reraise(ex: BaseException) -> Any:
-    raise ex
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def cli(main: Callable[[], Any]) -> None:
-    """Run a Hydra main with one-line user errors: ``python -m vit_lab.train`` runs ``cli(main)``.
-
-    Pass the decorated function of the module run as ``__main__``: Hydra finds ``config_path="../conf"``
-    relative to that file (imported as ``vit_lab.train`` it would look for a Python package ``conf``).
-    """
+    """Run a Hydra main with one-line user errors: ``vit-lab-train`` and ``python -m vit_lab.train`` run ``cli(main)``."""
     from vit_lab.data import pin_data_env
 
     pin_data_env()  # before Hydra starts any job: every launcher and worker inherits the absolute path

@@ -6,6 +6,8 @@ from typing import Any
 
 from hydra.utils import instantiate
 
+from vit_lab import schema  # noqa: F401 - registers the schemas that the YAML files name, before Hydra composes
+
 # Config-controlled `_target_`s may only name these (Hydra 1.4 asks call sites for an execution whitelist).
 TRUSTED_TARGETS = ("vit_lab.*", "torch.optim.*", "torch.nn.*")
 

@@ -18,29 +18,13 @@ from typing import Any
 import torch
 
 from vit_lab.data import ImageData
-from vit_lab.errors import ConfigError
 from vit_lab.io import atomic_write
 
 log = logging.getLogger("vit_lab.train")
 
 
 def _count(trainer: Any, key: str) -> int:
-    value = trainer.get(key) or 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"trainer.{key}={value!r} must be a positive integer, or null/0 for off")
-    return value
-
-
-def check(trainer: Any) -> None:
-    """One-line errors for the debug keys, before any data is read."""
-    _count(trainer, "limit_batches")
-    _count(trainer, "overfit_batches")
-    spec = trainer.get("profile")
-    if spec is not None:
-        for key in ("wait", "warmup", "active"):
-            value = spec.get(key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "active" else 0):
-                raise ConfigError(f"trainer.profile.{key}={value!r} must be an integer >= {1 if key == 'active' else 0}")
+    return trainer.get(key) or 0  # null or 0: off (the schema types it, vit_lab.job.validate_config ranges it)
 
 
 def subset(data: ImageData, trainer: Any) -> ImageData:

@@ -10,7 +10,7 @@ from vit_lab.errors import ConfigError, DeviceError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MALLOC_TUNED = False  # set by tune_malloc(); benchmarks record it
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
@@ -42,6 +42,9 @@ def resolve_device(name: str) -> torch.device:
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Mixed-precision context for the forward pass; a no-op in fp32."""
+    if precision == "fp16":  # refused rather than trained badly: fp16 gradients underflow without loss scaling
+        raise ConfigError("device.precision=fp16 is not supported: fp16 training needs a gradient scaler, which this "
+                          "trainer does not have; use device.precision=bf16 (fp32's range, no scaler needed) or fp32")
     if precision not in PRECISIONS:
         raise ConfigError(f"device.precision={precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
     dtype = PRECISIONS[precision]

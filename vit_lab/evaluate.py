@@ -137,6 +137,7 @@ def check_architecture(model: torch.nn.Module, state: dict, file: Path) -> None:
 def load(run_dir: str | Path, weights: str = "last", overrides: Sequence[str] = ()) -> LoadedRun:
     """Rebuild a run's model (whitelisted targets only), load its weights and pick the device and data."""
     from vit_lab.device import autocast, configure_process, resolve_device
+    from vit_lab.schema import Device
 
     run_dir = Path(run_dir)
     trained = read_config(run_dir)
@@ -154,7 +155,7 @@ def load(run_dir: str | Path, weights: str = "last", overrides: Sequence[str] = 
     model.load_state_dict(state)
     device = resolve_device(cfg.device.name)
     autocast(device, cfg.device.precision)  # checks the precision name
-    configure_process(device, cfg.device.get("threads"), malloc=cfg.device.get("tune_malloc", False))
+    configure_process(device, cfg.device.get("threads"), malloc=cfg.device.get("tune_malloc", Device.tune_malloc))
     model.to(device).eval()
     same = OmegaConf.to_container(cfg.data) == OmegaConf.to_container(trained.data)
     return LoadedRun(run_dir, cfg, spec, model, device, weights, epoch, same)

@@ -16,45 +16,29 @@ from omegaconf import DictConfig, OmegaConf
 from vit_lab import debug
 from vit_lab.callbacks import Callbacks
 from vit_lab.config import build
-from vit_lab.data import Batches, IDXDataset
-from vit_lab.device import check_compile_mode
+from vit_lab.data import Batches, Dataset
 from vit_lab.errors import ConfigError, Interrupted, UserError
 from vit_lab.records import Run
 
-def config_number(cfg: DictConfig, key: str, kind: type, minimum: float | None = None, strict: bool = True,
-                  optional: bool = False) -> Any:
-    """Read a numeric config value, failing with a one-line ConfigError naming the key."""
+def at_least(cfg: DictConfig, key: str, minimum: float, strict: bool = True) -> None:
+    """A range check (the schema, vit_lab/schema.py, has checked the type): a one-line ConfigError naming the key."""
     value = OmegaConf.select(cfg, key)
-    if value is None and optional:
-        return None
-    ok_types = (int,) if kind is int else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_types):
-        raise ConfigError(f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
+    if value is not None and (value <= minimum if strict else value < minimum):
         raise ConfigError(f"{key}={value} must be {'>' if strict else '>='} {minimum}")
-    return value
 
 
-def validate_config(cfg: DictConfig) -> IDXDataset:
-    """Check every value before any data is read or any step is taken; returns the data spec."""
-    for key in ("trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size"):
-        config_number(cfg, key, int, 0)
-    config_number(cfg, "trainer.seed", int, 0, strict=False)
-    config_number(cfg, "trainer.label_smoothing", float, 0, strict=False)
+def validate_config(cfg: DictConfig) -> Dataset:
+    """What types cannot say, checked before any data is read or any step is taken; returns the data spec.
+
+    Wrong types and unknown keys never get here: they fail while Hydra composes (``vit_lab/schema.py``)."""
+    for key in ("trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size", "optimizer.lr", "trainer.grad_clip"):
+        at_least(cfg, key, 0)
+    for key in ("trainer.seed", "trainer.label_smoothing", "optimizer.weight_decay", "trainer.limit_batches",
+                "trainer.overfit_batches", "trainer.profile.wait", "trainer.profile.warmup", "device.threads"):
+        at_least(cfg, key, 0, strict=False)
+    at_least(cfg, "trainer.profile.active", 1, strict=False)
     if cfg.trainer.label_smoothing >= 1:
         raise ConfigError(f"trainer.label_smoothing={cfg.trainer.label_smoothing} must be < 1")
-    config_number(cfg, "trainer.grad_clip", float, 0, optional=True)
-    config_number(cfg, "optimizer.lr", float, 0)
-    if OmegaConf.select(cfg, "optimizer.weight_decay") is not None:
-        config_number(cfg, "optimizer.weight_decay", float, 0, strict=False)
-    if cfg.trainer.progress not in ("auto", True, False):
-        raise ConfigError(f"trainer.progress={cfg.trainer.progress!r} must be auto, true or false")
-    for key in ("device.compile", "device.tune_malloc"):
-        value = OmegaConf.select(cfg, key)
-        if value is not None and not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} must be true or false")
-    check_compile_mode(OmegaConf.select(cfg, "device.compile_mode", default="default"))
-    debug.check(cfg.trainer)
     spec = build(cfg.data, _convert_="all")
     spec.validate()
     build(cfg.augment).validate()
@@ -101,7 +85,7 @@ class Job:
         return Interrupted(signum, self.run.dir, saved=bool(self.cfg.trainer.checkpoint))
 
 
-def build_data(cfg: DictConfig, spec: IDXDataset, device: torch.device) -> tuple[torch.Generator, Batches, Batches,
+def build_data(cfg: DictConfig, spec: Dataset, device: torch.device) -> tuple[torch.Generator, Batches, Batches,
                                                                               Batches]:
     """Load the splits (on an accelerator, whole) and cut them into batches; training batches are augmented."""
     trainer = cfg.trainer

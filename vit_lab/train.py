@@ -33,12 +33,13 @@ from tqdm.auto import tqdm
 
 from vit_lab import debug, preemption, sweeps
 from vit_lab.callbacks import Callbacks, StopTraining
+from vit_lab.cli import cli, full_error
 from vit_lab.config import build
 from vit_lab.data import Batches
 from vit_lab.device import autocast, compile_model, configure_process, resolve_device
 from vit_lab.errors import Diverged, Interrupted, RunDirBusy, RunStopped, UserError
 from vit_lab.io import dir_is_held, release_dir
-from vit_lab.job import Job, build_data, build_optimizer, config_number, param_groups, validate_config  # noqa: F401
+from vit_lab.job import Job, build_data, build_optimizer, param_groups, validate_config  # noqa: F401
 from vit_lab.records import (BEST, CHECKPOINT, HISTORY, METRICS, Run, check_compatible, finish_with_error,  # noqa: F401
                              git_info, load_checkpoint, now, versions)
 
@@ -131,8 +132,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
     spec = validate_config(cfg)
     device = resolve_device(cfg.device.name)
     autocast(device, cfg.device.precision)  # validates the precision name early
-    threads = config_number(cfg, "device.threads", int, 0) if cfg.device.threads else None
-    configure_process(device, threads, malloc=cfg.device.get("tune_malloc", False))  # 1.05-1.3x on the CPU
+    configure_process(device, cfg.device.threads, malloc=cfg.device.tune_malloc)  # 1.05-1.3x on the CPU
     callbacks = Callbacks.from_config(cfg)
     ckpt_file, ckpt = (None, None) if cfg.resume is None else load_checkpoint(cfg.resume)
     torch.manual_seed(cfg.trainer.seed)
@@ -397,7 +397,8 @@ def _interrupt_outside_the_loop(run_dir: Path) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-@hydra.main(config_path="../conf", config_name="config")
+# absolute: the console script imports this module, where Hydra would read "../conf" as a Python package
+@hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
     """Hydra entry point: user errors become one line and a non-zero exit (or a failed trial in a sweep)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -416,7 +417,7 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
         _log_to_files(logging.ERROR, f"{status}: {e}", console=multirun and not isinstance(e, Interrupted))
         if isinstance(e, Interrupted):
             preemption.hand_over(e.signum)  # submitit's preemption signal: submitit requeues the job and exits
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the traceback, for debugging; metrics.json is already written
+        if full_error():  # the user's HYDRA_FULL_ERROR=1: the traceback, for debugging; metrics.json is already written
             raise
         if isinstance(e, Interrupted):
             print(f"vit_lab: {e}", file=sys.stderr)
@@ -429,7 +430,10 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
         release_dir(run_dir)  # this process is done writing there
 
 
-if __name__ == "__main__":
-    from vit_lab.cli import cli
+def run() -> None:
+    """``vit-lab-train`` and ``python -m vit_lab.train``: Hydra's main, with one-line errors for bad overrides."""
+    cli(main)
 
-    cli(main)  # Hydra's main, with one-line errors for bad overrides and output dirs
+
+if __name__ == "__main__":
+    run()

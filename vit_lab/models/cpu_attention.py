@@ -98,7 +98,9 @@ class _Attention(torch.autograd.Function):
         g = _heads(grad, h)  # (Bh, nq, dh)
         dp = _mm(g, vh.transpose(1, 2), False)  # (Bh, nq, N)
         dv = _mm(p.transpose(1, 2), g, t)  # (Bh, N, dh), or its transpose
-        ds = torch._softmax_backward_data(dp, p, -1, p.dtype)  # d loss / d logits, (Bh, nq, N)
+        # d loss / d logits = p * (dp - sum(dp * p)), (Bh, nq, N); in place over dp, which is not needed again
+        ds = dp.mul_(p)
+        ds.addcmul_(p, ds.sum(-1, keepdim=True), value=-1.0)
         dq = _mm(ds, kh, t, alpha=ctx.scale)
         dk = _mm(ds.transpose(1, 2), qh, t, alpha=ctx.scale)
         dkv = grad.new_empty(b, n, 2 * d)
