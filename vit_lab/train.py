@@ -35,7 +35,7 @@ from vit_lab import debug
 from vit_lab.callbacks import Callbacks, StopTraining
 from vit_lab.config import build
 from vit_lab.data import Batches
-from vit_lab.device import autocast, compile_model, configure_process, resolve_device
+from vit_lab.device import autocast, compile_model, configure_process, resolve_device, resolve_precision
 from vit_lab.errors import Diverged, Interrupted, RunDirBusy, RunStopped, UserError
 from vit_lab.io import claim_dir, dir_is_held, release_dir
 from vit_lab.job import Job, build_data, build_optimizer, config_number, param_groups, validate_config  # noqa: F401
@@ -130,7 +130,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
     """Check the config, then build the device, callbacks, model, run record, data, optimizer and schedule."""
     spec = validate_config(cfg)
     device = resolve_device(cfg.device.name)
-    autocast(device, cfg.device.precision)  # validates the precision name early
+    precision = resolve_precision(device, cfg.device.precision)  # checks the name early; auto picks bf16 or fp32
     threads = config_number(cfg, "device.threads", int, 0) if cfg.device.threads else None
     configure_process(device, threads, malloc=cfg.device.get("tune_malloc", False))  # 1.05-1.3x on the CPU
     callbacks = Callbacks.from_config(cfg)
@@ -142,10 +142,12 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
     run = Run(run_dir, cfg)
     run.write_metrics(device=str(device), versions=versions(), git=git_info(),
                       n_params=sum(p.numel() for p in model.parameters()), model=type(model).__name__,
-                      resumed_from=str(ckpt_file) if ckpt_file else None, data_root=str(spec.resolve_root()))
+                      resumed_from=str(ckpt_file) if ckpt_file else None, data_root=str(spec.resolve_root()),
+                      precision=precision)
     gen, train, val, test = build_data(cfg, spec, device)
     log.info("%s with %s parameters on %s; %d train / %d val / %d test images; run dir %s", type(model).__name__,
              f"{run.metrics['n_params']:,}", device, len(train.labels), len(val.labels), len(test.labels), run_dir)
+    log.info("precision %s (device.precision=%s)", precision, cfg.device.precision)
     model.to(device)
     step_model = compile_model(model, cfg.device.get("compile_mode", "default")) if cfg.device.compile else model
     opt, sched = build_optimizer(cfg, model, len(train))
