@@ -36,6 +36,7 @@ from vit_lab.callbacks import Callbacks, StopTraining
 from vit_lab.config import build
 from vit_lab.data import Batches
 from vit_lab.device import autocast, compile_model, configure_process, resolve_device, resolve_precision
+from vit_lab.ema import build_ema, check_decay
 from vit_lab.errors import Diverged, Interrupted, RunDirBusy, RunStopped, UserError
 from vit_lab.io import claim_dir, dir_is_held, release_dir
 from vit_lab.job import Job, build_data, build_optimizer, config_number, param_groups, validate_config  # noqa: F401
@@ -131,6 +132,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
     spec = validate_config(cfg)
     device = resolve_device(cfg.device.name)
     precision = resolve_precision(device, cfg.device.precision)  # checks the name early; auto picks bf16 or fp32
+    check_decay(cfg.trainer.get("ema_decay"))
     threads = config_number(cfg, "device.threads", int, 0) if cfg.device.threads else None
     configure_process(device, threads, malloc=cfg.device.get("tune_malloc", False))  # 1.05-1.3x on the CPU
     callbacks = Callbacks.from_config(cfg)
@@ -149,11 +151,12 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
              f"{run.metrics['n_params']:,}", device, len(train.labels), len(val.labels), len(test.labels), run_dir)
     log.info("precision %s (device.precision=%s)", precision, cfg.device.precision)
     model.to(device)
+    ema = build_ema(model, cfg.trainer.get("ema_decay"))
     step_model = compile_model(model, cfg.device.get("compile_mode", "default")) if cfg.device.compile else model
     opt, sched = build_optimizer(cfg, model, len(train))
     return Job(cfg, run, device, model, step_model, callbacks, gen, train, val, test, opt, sched,
                torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
-               debug.StepProfiler(cfg.trainer.get("profile"), run_dir, device), ckpt, ckpt_file)
+               debug.StepProfiler(cfg.trainer.get("profile"), run_dir, device), ckpt, ckpt_file, ema)
 
 
 # --------------------------------------------------------------------------- restore and save
@@ -167,6 +170,8 @@ def restore(job: Job) -> State:
     job.model.load_state_dict(ckpt["model"])
     job.opt.load_state_dict(ckpt["optimizer"])
     job.sched.load_state_dict(ckpt["scheduler"])
+    if job.ema is not None and "ema" in ckpt:  # without one (EMA turned on at resume) the average starts now
+        job.ema.load_state_dict(ckpt["ema"])
     job.gen.set_state(ckpt["gen_state"])
     torch.set_rng_state(ckpt["rng_state"])
     job.callbacks.load_state_dict(ckpt.get("callbacks", {}))
@@ -188,7 +193,8 @@ def checkpoint(job: Job, state: State) -> dict:
             "epoch": state.epoch, "step": state.step, "perm": state.perm, "sums": state.sums,
             "gen_state": job.gen.get_state(), "rng_state": torch.get_rng_state(), "history": job.run.history,
             "best_val_acc": state.best_val_acc, "best_epoch": state.best_epoch, "train_seconds": state.train_seconds,
-            "callbacks": job.callbacks.state_dict(), "config": OmegaConf.to_container(job.cfg, resolve=True)}
+            "callbacks": job.callbacks.state_dict(), "config": OmegaConf.to_container(job.cfg, resolve=True),
+            **({"ema": job.ema.state_dict()} if job.ema is not None else {})}
 
 
 # --------------------------------------------------------------------------- fit, test, finish
@@ -248,6 +254,8 @@ def train_step(job: Job, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
         torch.nn.utils.clip_grad_norm_(job.model.parameters(), job.cfg.trainer.grad_clip)
     job.opt.step()
     job.sched.step()
+    if job.ema is not None:
+        job.ema.update_parameters(job.model)
     return loss, out
 
 
@@ -263,7 +271,7 @@ def finite_loss(sums: Sums, state: State) -> float:
 def end_epoch(job: Job, state: State, sums: dict) -> dict:
     """Validate, then record the epoch in the history and, when validation improved, its weights in best.pt."""
     seconds = sums["seconds"]
-    val_loss, val_acc = evaluate(job.model, job.val_batches, job.device, job.cfg.device.precision)
+    val_loss, val_acc = evaluate(job.eval_model, job.val_batches, job.device, job.cfg.device.precision)
     state.epoch, state.step, state.perm, state.sums = state.epoch + 1, 0, None, None
     state.train_seconds += seconds
     record = {"epoch": state.epoch, "train_loss": sums["loss"] / sums["seen"], "train_acc": sums["correct"] / sums["seen"],
@@ -273,7 +281,7 @@ def end_epoch(job: Job, state: State, sums: dict) -> dict:
     job.run.add_epoch(record)
     if math.isfinite(val_acc) and not (val_acc <= state.best_val_acc):  # NaN-safe max
         state.best_val_acc, state.best_epoch = val_acc, state.epoch
-        job.run.save_best(job.model, state.epoch, val_acc)
+        job.run.save_best(job.eval_model, state.epoch, val_acc)
     return record
 
 
@@ -285,8 +293,8 @@ def save_epoch(job: Job, state: State) -> None:
 
 
 def test(job: Job, state: State) -> None:
-    """Evaluate the test set once, with the last weights, and record the completed run."""
-    test_loss, test_acc = evaluate(job.model, job.test_batches, job.device, job.cfg.device.precision)
+    """Evaluate the test set once, with the last weights (their average with EMA), and record the completed run."""
+    test_loss, test_acc = evaluate(job.eval_model, job.test_batches, job.device, job.cfg.device.precision)
     images = len(job.train_batches.labels) * len(job.run.history)  # every epoch sees every training image once
     job.run.write_metrics(status="completed", finished=now(), test_acc=test_acc, test_loss=test_loss,
                           best_val_acc=state.best_val_acc, train_images_per_second=images / max(state.train_seconds, 1e-9))
