@@ -92,6 +92,62 @@ def test_fp16_is_refused_with_its_reason():
     assert "gradient scaler" in message and "device.precision=bf16" in message
 
 
+XEON_FLAGS = ("fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ss "
+              "ht syscall nx pdpe1gb rdtscp lm constant_tsc avx2 avx512f avx512dq avx512cd avx512bw avx512vl")
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+ (with bf16 and amx in its name, which must not count)
+flags\t\t: {flags}
+bugs\t\t: spectre_v1 spectre_v2 avx512_bf16_is_not_a_bug_name
+
+processor\t: 1
+flags\t\t: {flags}
+"""
+
+
+@pytest.mark.parametrize("extra, has", [("", False), (" avx512_bf16", True), (" amx_bf16 amx_tile amx_int8", True),
+                                        (" avx512_vnni amx_tile amx_int8", False)])
+def test_cpuinfo_bf16_flags(extra, has):
+    assert dev.cpuinfo_has_bf16(CPUINFO.format(flags=XEON_FLAGS + extra)) is has
+
+
+def test_cpuinfo_without_flags_lines():
+    arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 bf16\n"
+    assert dev.cpuinfo_has_bf16(arm) is False  # aarch64 lists "Features"; its bf16 path is not the x86 one measured
+    assert dev.cpuinfo_has_bf16("") is False
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_auto_precision_follows_the_hardware(monkeypatch, has_bf16):
+    monkeypatch.setattr(dev, "cpu_has_bf16", lambda: has_bf16)
+    want = "bf16" if has_bf16 else "fp32"
+    assert dev.resolve_precision(torch.device("cpu"), "auto") == want
+    assert dev.resolve_precision(torch.device("cuda"), "auto") == "fp32"  # bf16 not measured to win there
+    assert dev.resolve_precision(torch.device("mps"), "auto") == "fp32"
+    assert dev.resolve_precision(torch.device("cpu"), "bf16") == "bf16"  # an explicit name stays
+    ctx = dev.autocast(torch.device("cpu"), "auto")
+    assert (isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16) if has_bf16 else \
+        isinstance(ctx, contextlib.nullcontext)
+    with pytest.raises(ConfigError, match="auto"):
+        dev.resolve_precision(torch.device("cpu"), "bf32")  # the message lists auto among the choices
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_a_run_with_auto_precision_records_and_logs_its_choice(mnist_root, tmp_path, monkeypatch, caplog, has_bf16):
+    import logging
+
+    import vit_lab.train as train_mod
+
+    monkeypatch.setattr(dev, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
+    with caplog.at_level(logging.INFO, logger="vit_lab.train"):
+        train_mod.train(one_epoch_cfg("device=cpu", "device.precision=auto", "logger=none"), tmp_path)
+    chosen = "bf16" if has_bf16 else "fp32"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["precision"] == chosen and metrics["status"] == "completed"
+    assert [r.getMessage() for r in caplog.records].count(f"precision {chosen} (device.precision=auto)") == 1
+
+
 def test_bf16_autocast_on_cpu_gives_bf16_matmuls_and_float_loss():
     from vit_lab.models import MyViT
 

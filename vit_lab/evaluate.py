@@ -101,7 +101,8 @@ def _build(node: DictConfig, what: str, **kwargs: Any) -> Any:
 
 
 def load_weights(run_dir: Path, weights: str) -> tuple[dict, int | None]:
-    """The state dict and its epoch from checkpoint.pt (last) or best.pt (best), read without running code."""
+    """The state dict and its epoch from checkpoint.pt (last: the weights tested) or best.pt (best), read without
+    running code."""
     if weights not in WEIGHTS:
         raise ConfigError(f"--weights {weights!r}: use last or best")
     file = run_dir / WEIGHTS[weights]
@@ -118,7 +119,16 @@ def load_weights(run_dir: Path, weights: str) -> tuple[dict, int | None]:
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise UserError(f"{file} holds no model weights (no 'model' state dict)")
     epoch = state.get("epoch")
-    return state["model"], epoch if isinstance(epoch, int) else None
+    return tested_weights(state), epoch if isinstance(epoch, int) else None
+
+
+def tested_weights(state: dict) -> dict:
+    """The weights a run tested: with trainer.ema_decay, checkpoint.pt's moving average (AveragedModel's
+    ``module.*`` keys), else its ``model``; best.pt holds the validated weights either way."""
+    ema = state.get("ema")
+    if not isinstance(ema, dict):
+        return state["model"]
+    return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
 
 
 def check_architecture(model: torch.nn.Module, state: dict, file: Path) -> None:

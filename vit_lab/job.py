@@ -80,6 +80,12 @@ class Job:
     profiler: debug.StepProfiler
     ckpt: dict | None = None  # the checkpoint to resume from, dropped once restored
     ckpt_file: Path | None = None
+    ema: Any = None  # vit_lab.ema.EMA of the model (trainer.ema_decay), or None
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What validation, best.pt and the test use: the weights' moving average when there is one."""
+        return self.model if self.ema is None else self.ema.module
 
     def interrupted(self, signum: int) -> Interrupted:
         return Interrupted(signum, self.run.dir, saved=bool(self.cfg.trainer.checkpoint))

@@ -30,6 +30,7 @@ class Trainer:
     seed: int = 0
     label_smoothing: float = 0.0
     grad_clip: Optional[float] = None
+    ema_decay: Optional[float] = None
     checkpoint: bool = True
     progress: Union[bool, Literal["auto"]] = "auto"
     limit_batches: Optional[int] = None
@@ -40,7 +41,7 @@ class Trainer:
 @dataclass
 class Device:
     name: str = "auto"  # auto, cpu, cuda, cuda:N, mps (checked against the machine, vit_lab.device)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 is refused with its reason (vit_lab.device.autocast)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # fp16 is refused with its reason (vit_lab.device)
     compile: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     threads: Optional[int] = None

@@ -36,7 +36,8 @@ from vit_lab.callbacks import Callbacks, StopTraining
 from vit_lab.cli import cli, full_error
 from vit_lab.config import build
 from vit_lab.data import Batches
-from vit_lab.device import autocast, compile_model, configure_process, resolve_device
+from vit_lab.device import autocast, compile_model, configure_process, resolve_device, resolve_precision
+from vit_lab.ema import build_ema, check_decay
 from vit_lab.errors import Diverged, Interrupted, RunDirBusy, RunStopped, UserError
 from vit_lab.io import dir_is_held, release_dir
 from vit_lab.job import Job, build_data, build_optimizer, param_groups, validate_config  # noqa: F401
@@ -131,8 +132,9 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
     """Check the config, then build the device, callbacks, model, run record, data, optimizer and schedule."""
     spec = validate_config(cfg)
     device = resolve_device(cfg.device.name)
-    autocast(device, cfg.device.precision)  # validates the precision name early
-    configure_process(device, cfg.device.threads, malloc=cfg.device.tune_malloc)  # 1.05-1.3x on the CPU
+    precision = resolve_precision(device, cfg.device.precision)  # checks the name early; auto picks bf16 or fp32
+    check_decay(cfg.trainer.get("ema_decay"))
+    configure_process(device, cfg.device.threads, malloc=cfg.device.tune_malloc)
     callbacks = Callbacks.from_config(cfg)
     ckpt_file, ckpt = (None, None) if cfg.resume is None else load_checkpoint(cfg.resume)
     torch.manual_seed(cfg.trainer.seed)
@@ -142,16 +144,19 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
     run = Run(run_dir, cfg)
     run.write_metrics(device=str(device), versions=versions(), git=git_info(),
                       n_params=sum(p.numel() for p in model.parameters()), model=type(model).__name__,
-                      resumed_from=str(ckpt_file) if ckpt_file else None, data_root=str(spec.resolve_root()))
+                      resumed_from=str(ckpt_file) if ckpt_file else None, data_root=str(spec.resolve_root()),
+                      precision=precision)
     gen, train, val, test = build_data(cfg, spec, device)
     log.info("%s with %s parameters on %s; %d train / %d val / %d test images; run dir %s", type(model).__name__,
              f"{run.metrics['n_params']:,}", device, len(train.labels), len(val.labels), len(test.labels), run_dir)
+    log.info("precision %s (device.precision=%s)", precision, cfg.device.precision)
     model.to(device)
+    ema = build_ema(model, cfg.trainer.get("ema_decay"))
     step_model = compile_model(model, cfg.device.get("compile_mode", "default")) if cfg.device.compile else model
     opt, sched = build_optimizer(cfg, model, len(train))
     return Job(cfg, run, device, model, step_model, callbacks, gen, train, val, test, opt, sched,
                torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
-               debug.StepProfiler(cfg.trainer.get("profile"), run_dir, device), ckpt, ckpt_file)
+               debug.StepProfiler(cfg.trainer.get("profile"), run_dir, device), ckpt, ckpt_file, ema)
 
 
 # --------------------------------------------------------------------------- restore and save
@@ -165,6 +170,8 @@ def restore(job: Job) -> State:
     job.model.load_state_dict(ckpt["model"])
     job.opt.load_state_dict(ckpt["optimizer"])
     job.sched.load_state_dict(ckpt["scheduler"])
+    if job.ema is not None and "ema" in ckpt:  # without one (EMA turned on at resume) the average starts now
+        job.ema.load_state_dict(ckpt["ema"])
     job.gen.set_state(ckpt["gen_state"])
     torch.set_rng_state(ckpt["rng_state"])
     job.callbacks.load_state_dict(ckpt.get("callbacks", {}))
@@ -186,7 +193,8 @@ def checkpoint(job: Job, state: State) -> dict:
             "epoch": state.epoch, "step": state.step, "perm": state.perm, "sums": state.sums,
             "gen_state": job.gen.get_state(), "rng_state": torch.get_rng_state(), "history": job.run.history,
             "best_val_acc": state.best_val_acc, "best_epoch": state.best_epoch, "train_seconds": state.train_seconds,
-            "callbacks": job.callbacks.state_dict(), "config": OmegaConf.to_container(job.cfg, resolve=True)}
+            "callbacks": job.callbacks.state_dict(), "config": OmegaConf.to_container(job.cfg, resolve=True),
+            **({"ema": job.ema.state_dict()} if job.ema is not None else {})}
 
 
 # --------------------------------------------------------------------------- fit, test, finish
@@ -236,9 +244,12 @@ def train_epoch(job: Job, state: State, stop: dict) -> dict:
 
 
 def train_step(job: Job, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of the job's model on a batch; returns (loss, logits)."""
-    return optimizer_step(job.model, job.step_model, job.criterion, job.opt, job.sched, x, y,
-                          job.cfg.device.precision, job.cfg.trainer.grad_clip)
+    """One step of the job's model on a batch, then the weights' average (with ``trainer.ema_decay``)."""
+    loss, out = optimizer_step(job.model, job.step_model, job.criterion, job.opt, job.sched, x, y,
+                               job.cfg.device.precision, job.cfg.trainer.grad_clip)
+    if job.ema is not None:
+        job.ema.update_parameters(job.model)
+    return loss, out
 
 
 def optimizer_step(model: torch.nn.Module, forward: torch.nn.Module, criterion, opt, sched, x: torch.Tensor,
@@ -270,7 +281,7 @@ def finite_loss(sums: Sums, state: State) -> float:
 def end_epoch(job: Job, state: State, sums: dict) -> dict:
     """Validate, then record the epoch in the history and, when validation improved, its weights in best.pt."""
     seconds = sums["seconds"]
-    val_loss, val_acc = evaluate(job.model, job.val_batches, job.device, job.cfg.device.precision)
+    val_loss, val_acc = evaluate(job.eval_model, job.val_batches, job.device, job.cfg.device.precision)
     state.epoch, state.step, state.perm, state.sums = state.epoch + 1, 0, None, None
     state.train_seconds += seconds
     record = {"epoch": state.epoch, "train_loss": sums["loss"] / sums["seen"], "train_acc": sums["correct"] / sums["seen"],
@@ -280,7 +291,7 @@ def end_epoch(job: Job, state: State, sums: dict) -> dict:
     job.run.add_epoch(record)
     if math.isfinite(val_acc) and not (val_acc <= state.best_val_acc):  # NaN-safe max
         state.best_val_acc, state.best_epoch = val_acc, state.epoch
-        job.run.save_best(job.model, state.epoch, val_acc)
+        job.run.save_best(job.eval_model, state.epoch, val_acc)
     return record
 
 
@@ -292,8 +303,8 @@ def save_epoch(job: Job, state: State) -> None:
 
 
 def test(job: Job, state: State) -> None:
-    """Evaluate the test set once, with the last weights, and record the completed run."""
-    test_loss, test_acc = evaluate(job.model, job.test_batches, job.device, job.cfg.device.precision)
+    """Evaluate the test set once, with the last weights (their average with EMA), and record the completed run."""
+    test_loss, test_acc = evaluate(job.eval_model, job.test_batches, job.device, job.cfg.device.precision)
     images = len(job.train_batches.labels) * len(job.run.history)  # every epoch sees every training image once
     job.run.write_metrics(status="completed", finished=now(), test_acc=test_acc, test_loss=test_loss,
                           best_val_acc=state.best_val_acc, train_images_per_second=images / max(state.train_seconds, 1e-9))

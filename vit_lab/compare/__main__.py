@@ -8,6 +8,7 @@
     python -m vit_lab.compare outputs/seed_comparison --group-by model --test test_acc
     python -m vit_lab.compare diff outputs/seed_comparison/3-vit outputs/seed_comparison/4-cnn
     python -m vit_lab.compare --plot curves.png
+    python -m vit_lab.compare RUN_A RUN_B --plot tta.png --time             # validation accuracy against time
     python -m vit_lab.compare --plot sweep.png --x model.patch_size
     python -m vit_lab.compare outputs/multirun/... --plot history.png --history
     python -m vit_lab.compare outputs/multirun/... --plot pareto.png --pareto   # a multi-objective sweep
@@ -59,6 +60,8 @@ def _table_parser() -> argparse.ArgumentParser:
                    "a parameter; with --history the Optuna optimisation history; with --pareto a study's Pareto front")
     p.add_argument("--x", metavar="KEY", help="with --plot: the parameter for the x axis (e.g. model.patch_size)")
     p.add_argument("--y", metavar="METRIC", help="with --plot --x: the metric (default: the sort metric, else test_acc)")
+    p.add_argument("--time", action="store_true", help="with --plot: time to accuracy, validation accuracy "
+                   "against cumulative training time, one line per run")
     p.add_argument("--history", action="store_true", help="with --plot: the Optuna studies' optimisation history")
     p.add_argument("--pareto", action="store_true", help="with --plot: the Pareto front of a multi-objective study")
     p.add_argument("--no-sweeps", action="store_true", help="skip the Optuna sweep summaries")
@@ -105,10 +108,10 @@ def _run_diff(argv: Sequence[str]) -> int:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    if (args.x or args.history or args.pareto) and not args.plot:
-        raise UsageError("--x, --history and --pareto go with --plot FILE.png")
-    if sum(map(bool, (args.x, args.history, args.pareto))) > 1:
-        raise UsageError("--plot takes one of --x KEY, --history or --pareto")
+    if (args.x or args.history or args.pareto or args.time) and not args.plot:
+        raise UsageError("--x, --time, --history and --pareto go with --plot FILE.png")
+    if sum(map(bool, (args.x, args.history, args.pareto, args.time))) > 1:
+        raise UsageError("--plot takes one of --x KEY, --time, --history or --pareto")
     if (args.stats or args.test) and not args.group_by:
         raise UsageError("--stats and --test go with --group-by KEYS")
 
@@ -141,6 +144,9 @@ def _plot(args: argparse.Namespace, shown: list[RunInfo], sweeps: list[dict], di
     elif args.history:
         out, n = plots.plot_history(sweeps, args.plot)
         what = f"optimisation history of {n} trials"
+    elif args.time:
+        out, n = plots.plot_time_to_accuracy(shown, args.plot, label_keys=diff_keys)
+        what = f"time to accuracy of {n} runs"
     elif args.x:
         y = args.y or (args.sort if args.sort and canonical(args.sort) in METRICS else "test_acc")
         out, n = plots.plot_param(shown, args.plot, args.x, y)

@@ -1,5 +1,5 @@
-"""PNG plots on matplotlib's non-interactive Agg backend: learning curves, a metric against a parameter,
-and the optimisation history and Pareto front of Optuna studies."""
+"""PNG plots on matplotlib's non-interactive Agg backend: learning curves, time to accuracy, a metric against a
+parameter, and the optimisation history and Pareto front of Optuna studies."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ CURVES_SIZE = (12.0, 6.0)   # inches; at DPI this is 1200 x 600 pixels (the lege
 PARAM_SIZE = (8.0, 5.0)     # 800 x 500
 HISTORY_SIZE = (9.0, 5.0)   # 900 x 500
 PARETO_SIZE = (8.0, 6.0)    # 800 x 600
+TIME_SIZE = (9.0, 6.0)      # 900 x 600
+TIME_TICKS = [0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.993, 0.995, 0.996, 0.997, 0.998, 0.999]
 DPI = 100
 MAX_LEGEND = 12
 
@@ -94,6 +96,53 @@ def plot_curves(runs: Sequence[RunInfo], out: str | Path, label_keys: Sequence[s
     rows = math.ceil(len(names) / ncol) + (1 if extra > 0 else 0)
     fig.tight_layout(rect=(0, min(0.03 + 0.04 * rows, 0.4), 1, 1))
     return _save(fig, out), len(with_history)
+
+
+def time_curve(hist: Sequence[dict]) -> list[tuple[float, float]]:
+    """(minutes of training so far, validation accuracy) per epoch: history's cumulative ``train_seconds``, else
+    the sum of ``epoch_seconds``; epochs without a finite time or accuracy are left out."""
+    pts, total = [], 0.0
+    for h in hist:
+        total = h["train_seconds"] if _finite(h.get("train_seconds")) else total + (
+            h["epoch_seconds"] if _finite(h.get("epoch_seconds")) else math.nan)
+        if math.isfinite(total) and _finite(h.get("val_acc")) and 0 < h["val_acc"] < 1:
+            pts.append((total / 60, h["val_acc"]))
+    return pts
+
+
+def plot_time_to_accuracy(runs: Sequence[RunInfo], out: str | Path, label_keys: Sequence[str] = ()) -> tuple[Path, int]:
+    """Validation accuracy against cumulative training time, one line per run, on a logit axis (so 99% and 99.5%
+    are as far apart as 90% and 95%): the run whose line is highest at a given time is the one to pick."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    curves = [(r, time_curve(r.history())) for r in runs]
+    curves = [(r, c) for r, c in curves if c]
+    if not curves:
+        raise UsageError("--plot --time: none of the shown runs has a history.json with epoch times and val_acc")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=TIME_SIZE)
+    colors = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+    labels = run_labels([r for r, _ in curves], label_keys)
+    for i, (run, pts) in enumerate(curves):
+        ax.plot(*zip(*pts), "-", color=colors(i % colors.N), marker="o", markersize=3,
+                label=labels[i] if i < MAX_LEGEND else None)
+    ax.set_yscale("logit")
+    accs = [a for _, c in curves for _, a in c]
+    below = [t for t in TIME_TICKS if t <= min(accs)]  # the axis starts under the lowest point: label that too
+    ticks = [t for t in TIME_TICKS if (below[-1] if below else 0) <= t <= max(accs) / 0.999] or TIME_TICKS
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel="training time (minutes, cumulative; validation and start-up not counted)",
+           ylabel="validation accuracy (logit scale)", title="Time to accuracy")
+    ax.set_xlim(left=0)
+    if below:
+        ax.set_ylim(bottom=below[-1])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    return _save(fig, out), len(curves)
 
 
 def plot_param(runs: Sequence[RunInfo], out: str | Path, x: str, y: str = "test_acc") -> tuple[Path, int]:
