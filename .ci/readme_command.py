@@ -1,7 +1,7 @@
 """Print one of the README's two set-up commands, so CI runs exactly what the README prints.
 
-    python3 .ci/readme_command.py test    # the command that installs and runs the tests
-    python3 .ci/readme_command.py main    # the command that installs and runs the main job
+python3 .ci/readme_command.py test    # the command that installs and runs the tests
+python3 .ci/readme_command.py main    # the command that installs and runs the main job
 """
 
 import re

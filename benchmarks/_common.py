@@ -11,9 +11,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -38,23 +38,35 @@ def loadavg() -> list[float]:
 
 
 def machine() -> dict:
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "malloc_tuned": vit_lab_device.MALLOC_TUNED}
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "malloc_tuned": vit_lab_device.MALLOC_TUNED,
+    }
 
 
 def compose(overrides: list[str] | None = None):
-    """The trainer's composed Hydra config (conf/config.yaml + overrides), exactly what `python -m vit_lab.train` sees."""
-    from hydra import compose as _compose, initialize_config_dir
+    """The trainer's composed Hydra config (conf/config.yaml + overrides), exactly what `python -m vit_lab.train`
+    sees."""
+    from hydra import compose as _compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(REPO / "conf")):
         return _compose(config_name="config", overrides=list(overrides or []))
 
 
 def size_overrides(size: dict) -> list[str]:
-    return [f"model.patch_size={size['patch']}", f"model.hidden_d={size['width']}", f"model.depth={size['depth']}",
-            f"model.n_heads={size['heads']}", f"model.mlp_ratio={size['mlp_ratio']}"]
+    return [
+        f"model.patch_size={size['patch']}",
+        f"model.hidden_d={size['width']}",
+        f"model.depth={size['depth']}",
+        f"model.n_heads={size['heads']}",
+        f"model.mlp_ratio={size['mlp_ratio']}",
+    ]
 
 
 def build_vit_lab(size: dict, overrides: list[str] | None = None, chw=(1, 28, 28)) -> tuple[torch.nn.Module, object]:
@@ -70,18 +82,37 @@ def build_timm(size: dict, chw=(1, 28, 28)) -> torch.nn.Module:
     (vit_lab's cls pooling has none either)."""
     from timm.models.vision_transformer import VisionTransformer
 
-    return VisionTransformer(img_size=chw[1], patch_size=size["patch"], in_chans=chw[0], num_classes=10,
-                             embed_dim=size["width"], depth=size["depth"], num_heads=size["heads"],
-                             mlp_ratio=size["mlp_ratio"], global_pool="token", final_norm=False)
+    return VisionTransformer(
+        img_size=chw[1],
+        patch_size=size["patch"],
+        in_chans=chw[0],
+        num_classes=10,
+        embed_dim=size["width"],
+        depth=size["depth"],
+        num_heads=size["heads"],
+        mlp_ratio=size["mlp_ratio"],
+        global_pool="token",
+        final_norm=False,
+    )
 
 
 def build_vit_pytorch(size: dict, chw=(1, 28, 28)) -> torch.nn.Module:
-    """lucidrains' vit-pytorch ViT at the same sizes (it adds LayerNorms around its patch embedding and a final norm)."""
+    """lucidrains' vit-pytorch ViT at the same sizes (it adds LayerNorms around its patch embedding and a final
+    norm)."""
     from vit_pytorch import ViT
 
     w, h = size["width"], size["heads"]
-    return ViT(image_size=chw[1], patch_size=size["patch"], num_classes=10, dim=w, depth=size["depth"], heads=h,
-               mlp_dim=int(round(size["mlp_ratio"] * w)), channels=chw[0], dim_head=w // h)
+    return ViT(
+        image_size=chw[1],
+        patch_size=size["patch"],
+        num_classes=10,
+        dim=w,
+        depth=size["depth"],
+        heads=h,
+        mlp_dim=int(round(size["mlp_ratio"] * w)),
+        channels=chw[0],
+        dim_head=w // h,
+    )
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -116,8 +147,9 @@ def default_cfg():
     return _DEFAULT_CFG
 
 
-def trainer_step(model: torch.nn.Module, forward: Callable | None = None, cfg=None,
-                 precision: str = "fp32") -> Callable[[torch.Tensor, torch.Tensor], None]:
+def trainer_step(
+    model: torch.nn.Module, forward: Callable | None = None, cfg=None, precision: str = "fp32"
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """The trainer's step (``vit_lab.train.optimizer_step``) as ``step(x, y)``, with the configured optimizer
     (conf/optimizer, fused AdamW by default, with the trainer's param groups), loss and clipping, and a per-step
     schedule; ``forward`` is e.g. the compiled model."""
@@ -149,8 +181,17 @@ def compiled(model: torch.nn.Module, compile: bool | str) -> torch.nn.Module:
     return compile_model(model, compile if isinstance(compile, str) else "default") if compile else model
 
 
-def make_contender(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                   compile: bool | str = False, precision: str = "fp32", note: str = "", cfg=None) -> Contender:
+def make_contender(
+    name: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    compile: bool | str = False,
+    precision: str = "fp32",
+    note: str = "",
+    cfg=None,
+) -> Contender:
     """The trainer's step on a fixed batch (every contender gets the same optimizer); eval: no_grad forward + argmax."""
     from vit_lab.device import autocast
 
@@ -175,8 +216,14 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: dict[str, Callable[[], None]], steps: int | dict[str, int], rounds: int, warmup: int = 2,
-                device="cpu", min_seconds: float = 0.0) -> dict[str, dict[str, list[float]]]:
+def interleaved(
+    fns: dict[str, Callable[[], None]],
+    steps: int | dict[str, int],
+    rounds: int,
+    warmup: int = 2,
+    device="cpu",
+    min_seconds: float = 0.0,
+) -> dict[str, dict[str, list[float]]]:
     """Seconds per call of each fn, measured in ``rounds`` rounds that alternate between the fns (order rotated
     each round). Each measurement runs ``steps`` calls (a dict gives per-fn counts; more calls if the chunk
     would take under ``min_seconds``).
@@ -192,7 +239,7 @@ def interleaved(fns: dict[str, Callable[[], None]], steps: int | dict[str, int],
     times: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in fns}
     names = list(fns)
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             fn = fns[name]
             n, t0, c0 = 0, time.perf_counter(), time.process_time()
@@ -238,8 +285,11 @@ def print_result(result: dict, report: Callable[[dict], str]) -> dict:
 
 
 def add_malloc_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-tune-malloc", action="store_true",
-                   help="leave glibc's malloc as is (the trainer tunes it on the CPU: device.tune_malloc)")
+    p.add_argument(
+        "--no-tune-malloc",
+        action="store_true",
+        help="leave glibc's malloc as is (the trainer tunes it on the CPU: device.tune_malloc)",
+    )
 
 
 def configure_like_trainer(overrides: list[str] | None = None, tune_malloc: bool = True) -> None:

@@ -41,8 +41,17 @@ def pipeline(batches: int = 100, rounds: int = 5, augments=("none", "crop", "aff
     for name in augments:
         aug = build(C.compose([f"augment={name}"]).augment)
         gen = torch.Generator().manual_seed(0)
-        b = Batches(data.train_images, data.train_labels, cfg.trainer.batch_size, shuffle=True, augment=aug,
-                    generator=gen, mean=spec.mean, std=spec.std, normalize=spec.normalize)
+        b = Batches(
+            data.train_images,
+            data.train_labels,
+            cfg.trainer.batch_size,
+            shuffle=True,
+            augment=aug,
+            generator=gen,
+            mean=spec.mean,
+            std=spec.std,
+            normalize=spec.normalize,
+        )
         state = {"it": iter(b)}
 
         def next_batch(b=b, state=state) -> None:
@@ -53,8 +62,12 @@ def pipeline(batches: int = 100, rounds: int = 5, augments=("none", "crop", "aff
                 next(state["it"])
 
         iters[name] = next_batch
-    times = C.interleaved({"train_step": step.train_step, **{f"pipeline_{k}": f for k, f in iters.items()}},
-                          steps=max(1, batches // rounds), rounds=rounds, warmup=1)
+    times = C.interleaved(
+        {"train_step": step.train_step, **{f"pipeline_{k}": f for k, f in iters.items()}},
+        steps=max(1, batches // rounds),
+        rounds=rounds,
+        warmup=1,
+    )
     out = {"batch_size": cfg.trainer.batch_size, "epoch_batches": -(-len(data.train_labels) // cfg.trainer.batch_size)}
     for clock in ("wall", "cpu"):
         t_step = C.median(times["train_step"][clock])
@@ -70,8 +83,18 @@ def memory(full: bool = False, extra: list[str] | None = None) -> dict:
 
     overrides = [] if full else ["trainer.epochs=1", "data.train_limit=2048", "trainer.progress=false"]
     r = tta_run(overrides + list(extra or []), target=None, save=False, echo=False)
-    return {k: r[k] for k in ("command", "returncode", "wall_seconds", "peak_rss_bytes", "psutil_peak_rss_bytes",
-                              "test_acc", "status")}
+    return {
+        k: r[k]
+        for k in (
+            "command",
+            "returncode",
+            "wall_seconds",
+            "peak_rss_bytes",
+            "psutil_peak_rss_bytes",
+            "test_acc",
+            "status",
+        )
+    }
 
 
 def scale(patches=(4, 7), widths=(32, 64, 128), batch: int = 128, rounds: int = 3, steps: int = 2) -> dict:
@@ -85,10 +108,17 @@ def scale(patches=(4, 7), widths=(32, 64, 128), batch: int = 128, rounds: int = 
             name = f"p{p}_w{w}"
             fns[name] = C.make_contender(name, model, x, y).train_step
             m = cfg.model
-            meta[name] = {"patch": p, "width": w, "heads": size["heads"], "tokens": (28 // p) ** 2 + 1,
-                          "params": C.n_params(model),
-                          "train_step_gflop": train_step_flops(batch, patch=p, width=w, depth=m.depth, heads=m.n_heads,
-                                                               mlp_ratio=m.mlp_ratio) / 1e9}
+            meta[name] = {
+                "patch": p,
+                "width": w,
+                "heads": size["heads"],
+                "tokens": (28 // p) ** 2 + 1,
+                "params": C.n_params(model),
+                "train_step_gflop": train_step_flops(
+                    batch, patch=p, width=w, depth=m.depth, heads=m.n_heads, mlp_ratio=m.mlp_ratio
+                )
+                / 1e9,
+            }
     times = C.interleaved(fns, steps=steps, rounds=rounds, warmup=1)
     for name in fns:
         for clock in ("wall", "cpu"):
@@ -132,8 +162,15 @@ def candidates(names=None, batch: int = 128, rounds: int = 3, steps: int = 2) ->
     return meta
 
 
-def run(parts=("pipeline", "memory", "scale"), batches: int = 100, full: bool = False, patches=(4, 7),
-        widths=(32, 64, 128), threads: int | None = None, save: bool = True) -> dict:
+def run(
+    parts=("pipeline", "memory", "scale"),
+    batches: int = 100,
+    full: bool = False,
+    patches=(4, 7),
+    widths=(32, 64, 128),
+    threads: int | None = None,
+    save: bool = True,
+) -> dict:
     C.set_threads(threads)
     out: dict = {"threads": torch.get_num_threads()}
     for part in parts:
@@ -159,35 +196,54 @@ def report(r: dict) -> str:
         lines.append(f"\n-- data pipeline (batch {p['batch_size']}, load {m['loadavg_start']} -> {m['loadavg_end']})")
         for clock in ("wall", "cpu"):
             v = p[clock]
-            parts = ", ".join(f"{k} {1e3 * s['batch_seconds']:.2f} ms = {100 * s['share_of_epoch']:.1f}%"
-                              for k, s in v.items() if k != "train_step_seconds")
-            lines.append(f"  [{clock:4}] train step {1e3 * v['train_step_seconds']:.1f} ms; pipeline per batch: {parts}")
+            parts = ", ".join(
+                f"{k} {1e3 * s['batch_seconds']:.2f} ms = {100 * s['share_of_epoch']:.1f}%"
+                for k, s in v.items()
+                if k != "train_step_seconds"
+            )
+            lines.append(
+                f"  [{clock:4}] train step {1e3 * v['train_step_seconds']:.1f} ms; pipeline per batch: {parts}"
+            )
     if "memory" in r:
         v = r["memory"]
-        lines.append(f"\n-- peak memory: {v['peak_rss_bytes'] / 2**20:.0f} MiB RSS"
-                     + (f" (psutil {v['psutil_peak_rss_bytes'] / 2**20:.0f} MiB)" if v.get("psutil_peak_rss_bytes") else "")
-                     + f", {v['wall_seconds']:.0f}s, status {v['status']}: $ {v['command']}")
+        lines.append(
+            f"\n-- peak memory: {v['peak_rss_bytes'] / 2**20:.0f} MiB RSS"
+            + (f" (psutil {v['psutil_peak_rss_bytes'] / 2**20:.0f} MiB)" if v.get("psutil_peak_rss_bytes") else "")
+            + f", {v['wall_seconds']:.0f}s, status {v['status']}: $ {v['command']}"
+        )
     if "candidates" in r:
         m = r["candidates_meta"]
-        lines.append(f"\n-- candidate models, training step at batch 128 (load {m['loadavg_start']} -> {m['loadavg_end']})")
+        lines.append(
+            f"\n-- candidate models, training step at batch 128 (load {m['loadavg_start']} -> {m['loadavg_end']})"
+        )
         for k, v in r["candidates"].items():
             ratio = next(val for key, val in v.items() if key.startswith("cpu_ratio_to_"))
-            lines.append(f"  {k:22} {v['params']:8d} params  {v['wall_img_s']:6.0f} img/s wall  "
-                         f"{v['cpu_img_s']:6.0f} img/CPU-s  x{ratio:.2f} of the first (cpu clock)")
+            lines.append(
+                f"  {k:22} {v['params']:8d} params  {v['wall_img_s']:6.0f} img/s wall  "
+                f"{v['cpu_img_s']:6.0f} img/CPU-s  x{ratio:.2f} of the first (cpu clock)"
+            )
     if "scale" in r:
         m = r["scale_meta"]
         lines.append(f"\n-- step time vs patch and width (batch 128, load {m['loadavg_start']} -> {m['loadavg_end']})")
-        lines.append(f"  {'config':10} {'tokens':>6} {'params':>8} {'GFLOP':>7} {'wall ms':>8} {'img/s':>7} {'cpu ms':>8}")
+        lines.append(
+            f"  {'config':10} {'tokens':>6} {'params':>8} {'GFLOP':>7} {'wall ms':>8} {'img/s':>7} {'cpu ms':>8}"
+        )
         for k, v in r["scale"].items():
-            lines.append(f"  {k:10} {v['tokens']:6d} {v['params']:8d} {v['train_step_gflop']:7.2f} "
-                         f"{v['wall_step_ms']:8.1f} {v['wall_img_s']:7.0f} {v['cpu_step_ms']:8.1f}")
+            lines.append(
+                f"  {k:10} {v['tokens']:6d} {v['params']:8d} {v['train_step_gflop']:7.2f} "
+                f"{v['wall_step_ms']:8.1f} {v['wall_img_s']:7.0f} {v['cpu_step_ms']:8.1f}"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=["all", "pipeline", "memory", "scale", "candidates"], default="all",
-                   help="all = pipeline, memory and scale; candidates = img/s of the candidate default/preset models")
+    p.add_argument(
+        "--part",
+        choices=["all", "pipeline", "memory", "scale", "candidates"],
+        default="all",
+        help="all = pipeline, memory and scale; candidates = img/s of the candidate default/preset models",
+    )
     p.add_argument("--batches", type=int, default=100, help="pipeline batches timed per contender")
     p.add_argument("--full", action="store_true", help="memory: run the whole default main job")
     p.add_argument("--patches", type=int, nargs="+", default=[4, 7])

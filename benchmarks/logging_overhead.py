@@ -37,22 +37,35 @@ SWEEP_STEPS_PER_EPOCH = math.ceil(5_000 / 128)  # the sweep preset's per-trial b
 def import_seconds(modules: list[str]) -> dict[str, float]:
     """Seconds to import each module, in this order, in one fresh interpreter that has imported torch (as the
     trainer has); a library shared by two is charged to the first."""
-    code = ("import json, sys, time, torch\nout = {}\nfor m in sys.argv[1:]:\n    t = time.perf_counter()\n"
-            "    __import__(m)\n    out[m] = time.perf_counter() - t\nprint(json.dumps(out))")
+    code = (
+        "import json, sys, time, torch\nout = {}\nfor m in sys.argv[1:]:\n    t = time.perf_counter()\n"
+        "    __import__(m)\n    out[m] = time.perf_counter() - t\nprint(json.dumps(out))"
+    )
     proc = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout)
 
 
 def record(epoch: int) -> dict:
-    return {"epoch": epoch, "train_loss": 0.1 / epoch, "train_acc": 0.9, "val_loss": 0.05, "val_acc": 0.98,
-            "lr": 1e-3, "images_per_second": 2500.0, "epoch_seconds": 22.0, "train_seconds": 22.0 * epoch}
+    return {
+        "epoch": epoch,
+        "train_loss": 0.1 / epoch,
+        "train_acc": 0.9,
+        "val_loss": 0.05,
+        "val_acc": 0.98,
+        "lr": 1e-3,
+        "images_per_second": 2500.0,
+        "epoch_seconds": 22.0,
+        "train_seconds": 22.0 * epoch,
+    }
 
 
 def one_life(name: str, folder: Path, store: str, epochs: int) -> dict:
     """Build the logger from its config and drive it through a run; seconds of each phase."""
     from vit_lab.callbacks import Callbacks
 
-    cfg = C.compose([f"logger={name}", f"logger.mlflow.tracking_uri={store}"] if name == "mlflow" else [f"logger={name}"])
+    cfg = C.compose(
+        [f"logger={name}", f"logger.mlflow.tracking_uri={store}"] if name == "mlflow" else [f"logger={name}"]
+    )
     run_dir = Path(tempfile.mkdtemp(dir=folder))
     (logger,) = list(Callbacks.from_config(cfg))
     t0 = time.perf_counter()
@@ -63,8 +76,13 @@ def one_life(name: str, folder: Path, store: str, epochs: int) -> dict:
         tic = time.perf_counter()
         logger.on_epoch_end(epoch, record(epoch))
         per_epoch.append(time.perf_counter() - tic)
-    metrics = {"status": "completed", "epochs_completed": epochs, "test_acc": 0.98, "test_loss": 0.05,
-               "best_val_acc": 0.98}
+    metrics = {
+        "status": "completed",
+        "epochs_completed": epochs,
+        "test_acc": 0.98,
+        "test_loss": 0.05,
+        "best_val_acc": 0.98,
+    }
     C.write_json(run_dir / METRICS, metrics)
     t2 = time.perf_counter()
     logger.on_run_end(metrics, "completed")
@@ -86,17 +104,23 @@ def measure(loggers: list[str], epochs: int, rounds: int, steps: int) -> dict:
         store = f"sqlite:///{tmp}/mlflow.db"
         first_store = one_life("mlflow", Path(tmp), store, 1)["start"] if "mlflow" in loggers else None
         for r in range(rounds):
-            for name in loggers[r % len(loggers):] + loggers[: r % len(loggers)]:
+            for name in loggers[r % len(loggers) :] + loggers[: r % len(loggers)]:
                 lives[name].append(one_life(name, Path(tmp), store, epochs))
     epoch = epoch_seconds(max(3, rounds), steps)
-    out = {"epochs": epochs, "rounds": rounds, "default_epoch_seconds": epoch,
-           "sweep_epoch_seconds": epoch * SWEEP_STEPS_PER_EPOCH / STEPS_PER_EPOCH, "loggers": {}}
+    out = {
+        "epochs": epochs,
+        "rounds": rounds,
+        "default_epoch_seconds": epoch,
+        "sweep_epoch_seconds": epoch * SWEEP_STEPS_PER_EPOCH / STEPS_PER_EPOCH,
+        "loggers": {},
+    }
     imports = import_seconds([IMPORTS[name] for name in loggers])
     for name in loggers:
         per_epoch = C.median([life["epoch"] for life in lives[name]])
         once = C.median([life["start"] + life["end"] for life in lives[name]]) + imports[IMPORTS[name]]
         out["loggers"][name] = {
-            "per_epoch_seconds": per_epoch, "one_off_seconds": once,
+            "per_epoch_seconds": per_epoch,
+            "one_off_seconds": once,
             "per_epoch_share": per_epoch / epoch,
             "default_job_share": (per_epoch * 15 + once) / (epoch * 15),  # the main job: 15 epochs
             "sweep_trial_share": (per_epoch * 3 + once) / (out["sweep_epoch_seconds"] * 3),  # 3 small epochs
@@ -107,13 +131,17 @@ def measure(loggers: list[str], epochs: int, rounds: int, steps: int) -> dict:
 
 
 def report(r: dict) -> str:
-    lines = [f"default epoch {r['default_epoch_seconds']:.1f} s (sweep trial epoch {r['sweep_epoch_seconds']:.1f} s); "
-             f"{r['epochs']} epochs x {r['rounds']} rounds; load {C.loadavg()}",
-             f"{'logger':<12} {'per epoch':>10} {'share':>8} {'one-off':>9} {'main job':>9} {'sweep trial':>12}"]
+    lines = [
+        f"default epoch {r['default_epoch_seconds']:.1f} s (sweep trial epoch {r['sweep_epoch_seconds']:.1f} s); "
+        f"{r['epochs']} epochs x {r['rounds']} rounds; load {C.loadavg()}",
+        f"{'logger':<12} {'per epoch':>10} {'share':>8} {'one-off':>9} {'main job':>9} {'sweep trial':>12}",
+    ]
     for name, v in r["loggers"].items():
-        lines.append(f"{name:<12} {1e3 * v['per_epoch_seconds']:>8.2f}ms {100 * v['per_epoch_share']:>7.3f}% "
-                     f"{v['one_off_seconds']:>8.2f}s {100 * v['default_job_share']:>8.3f}% "
-                     f"{100 * v['sweep_trial_share']:>11.2f}%")
+        lines.append(
+            f"{name:<12} {1e3 * v['per_epoch_seconds']:>8.2f}ms {100 * v['per_epoch_share']:>7.3f}% "
+            f"{v['one_off_seconds']:>8.2f}s {100 * v['default_job_share']:>8.3f}% "
+            f"{100 * v['sweep_trial_share']:>11.2f}%"
+        )
     if "mlflow_store_creation_seconds" in r:
         lines.append(f"(a new MLflow SQLite store: {r['mlflow_store_creation_seconds']:.2f} s once)")
     return "\n".join(lines)

@@ -49,7 +49,9 @@ def _load(out: Path, pruner: str):
 def _finished(study) -> int:
     from optuna.trial import TrialState
 
-    return 0 if study is None else len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    return (
+        0 if study is None else len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    )
 
 
 def sweep(pruner: str, trials: int, out: Path, extra: list[str]) -> None:
@@ -57,13 +59,24 @@ def sweep(pruner: str, trials: int, out: Path, extra: list[str]) -> None:
     todo = trials - _finished(_load(out, pruner))
     if todo <= 0:
         return
-    cmd = [sys.executable, "-m", "vit_lab.train", "-m", "hparams_search=vit_optuna", f"hydra/sweeper/pruner={pruner}",
-           f"hydra.sweeper.n_trials={todo}", f"hydra.sweeper.storage=sqlite:///{out / f'{pruner}.db'}",
-           f"hydra.sweep.dir={out / pruner}", "device=cpu", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vit_lab.train",
+        "-m",
+        "hparams_search=vit_optuna",
+        f"hydra/sweeper/pruner={pruner}",
+        f"hydra.sweeper.n_trials={todo}",
+        f"hydra.sweeper.storage=sqlite:///{out / f'{pruner}.db'}",
+        f"hydra.sweep.dir={out / pruner}",
+        "device=cpu",
+        *extra,
+    ]
     print(f"[{time.strftime('%H:%M:%S')}] {pruner}: {todo} trials", flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, cwd=C.REPO, env={**os.environ, "MPLBACKEND": "Agg"},
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        cmd, check=False, cwd=C.REPO, env={**os.environ, "MPLBACKEND": "Agg"}, capture_output=True, text=True
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{pruner} sweep failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
@@ -94,10 +107,16 @@ def describe(out: Path, pruner: str) -> dict | None:
         m = _read(Path(t.user_attrs.get("run_dir", "")) / METRICS, {})
         epochs += m.get("epochs_completed", len(t.intermediate_values))
         seconds += m.get("train_seconds") or 0.0
-    row = {"pruner": pruner, "complete": sum(t.state == TrialState.COMPLETE for t in trials),
-           "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-           "failed": sum(t.state == TrialState.FAIL for t in trials), "epochs": epochs, "train_seconds": seconds,
-           "wall_seconds": _read(out / f"{pruner}.wall.json", {}).get("seconds"), "best": None}
+    row = {
+        "pruner": pruner,
+        "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "failed": sum(t.state == TrialState.FAIL for t in trials),
+        "epochs": epochs,
+        "train_seconds": seconds,
+        "wall_seconds": _read(out / f"{pruner}.wall.json", {}).get("seconds"),
+        "best": None,
+    }
     try:
         best = study.best_trial
         row["best"] = {"trial": best.number, "val_acc": best.value, "params": dict(best.params)}
@@ -107,8 +126,14 @@ def describe(out: Path, pruner: str) -> dict | None:
 
 
 def _retrain_dir(params: dict, out: Path) -> Path:
-    return out / "retrain" / "-".join(f"{k.rsplit('.', 1)[-1]}{v:.4g}" if isinstance(v, float)
-                                      else f"{k.rsplit('.', 1)[-1]}{v}" for k, v in sorted(params.items()))
+    return (
+        out
+        / "retrain"
+        / "-".join(
+            f"{k.rsplit('.', 1)[-1]}{v:.4g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}{v}"
+            for k, v in sorted(params.items())
+        )
+    )
 
 
 def retrain(params: dict, out: Path, run: bool = True, extra: list[str] | None = None) -> dict | None:
@@ -123,8 +148,14 @@ def retrain(params: dict, out: Path, run: bool = True, extra: list[str] | None =
         if (run_dir / CHECKPOINT).is_file():
             args.append(f"resume={run_dir}")
         print(f"[{time.strftime('%H:%M:%S')}] retrain {name}", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "vit_lab.train", *args, f"hydra.run.dir={run_dir}"], check=False,
-                              cwd=C.REPO, env={**os.environ, "MPLBACKEND": "Agg"}, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "vit_lab.train", *args, f"hydra.run.dir={run_dir}"],
+            check=False,
+            cwd=C.REPO,
+            env={**os.environ, "MPLBACKEND": "Agg"},
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             print(f"  failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
             return None
@@ -133,19 +164,25 @@ def retrain(params: dict, out: Path, run: bool = True, extra: list[str] | None =
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| pruner | complete | pruned | epochs trained | training s | wall s | best val (screening) "
-            "| best configuration | full budget: val / test |")
+    head = (
+        "| pruner | complete | pruned | epochs trained | training s | wall s | best val (screening) "
+        "| best configuration | full budget: val / test |"
+    )
     lines = [head, "| --- |" + " --- |" * 8]
     for r in rows:
         b = r["best"] or {}
-        params = ", ".join(f"{k.rsplit('.', 1)[-1]} {v:.2g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]} {v}"
-                           for k, v in (b.get("params") or {}).items())
+        params = ", ".join(
+            f"{k.rsplit('.', 1)[-1]} {v:.2g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]} {v}"
+            for k, v in (b.get("params") or {}).items()
+        )
         full = r.get("full")
         full_text = f"{100 * full['best_val_acc']:.2f}% / {100 * full['test_acc']:.2f}%" if full else "-"
         wall = f"{r['wall_seconds']:.0f}" if r.get("wall_seconds") else "-"
         best = f"{100 * b['val_acc']:.2f}% (trial {b['trial']})" if b else "-"
-        lines.append(f"| {r['pruner']} | {r['complete']} | {r['pruned']} | {r['epochs']} | {r['train_seconds']:.0f} | "
-                     f"{wall} | {best} | {params or '-'} | {full_text} |")
+        lines.append(
+            f"| {r['pruner']} | {r['complete']} | {r['pruned']} | {r['epochs']} | {r['train_seconds']:.0f} | "
+            f"{wall} | {best} | {params or '-'} | {full_text} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -156,8 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pruners", nargs="*", default=list(PRUNERS), choices=list(PRUNERS))
     p.add_argument("--retrain", action="store_true", help="train each distinct best configuration at full budget")
     p.add_argument("--report", action="store_true", help="only the table, from the sweeps already there")
-    p.add_argument("--full-overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides for the retrains (default: none, i.e. the default recipe)")
+    p.add_argument(
+        "--full-overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides for the retrains (default: none, i.e. the default recipe)",
+    )
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every trial (after --)")
     a = p.parse_args(argv)
     a.out = a.out.resolve()
@@ -170,9 +212,15 @@ def main(argv: list[str] | None = None) -> int:
         if r["best"]:
             r["full"] = retrain(r["best"]["params"], a.out, run=a.retrain, extra=a.full_overrides)
     text = markdown(rows)
-    write_json(a.out / "pruners.json", {"trials": a.trials, "overrides": a.overrides, "rows": rows,
-                                        "same_best": len({str(sorted(r["best"]["params"].items())) for r in rows
-                                                          if r["best"]}) == 1})
+    write_json(
+        a.out / "pruners.json",
+        {
+            "trials": a.trials,
+            "overrides": a.overrides,
+            "rows": rows,
+            "same_best": len({str(sorted(r["best"]["params"].items())) for r in rows if r["best"]}) == 1,
+        },
+    )
     atomic_write(a.out / "pruners.md", lambda f: f.write(text))
     print(text)
     return 0

@@ -14,7 +14,8 @@ accuracies are measured on the same images.
 
 Resumable: each run is `python -m vit_lab.train ... hydra.run.dir=<out>/<budget>/<config>`; completed runs are
 skipped, a killed full-budget run continues from its checkpoint. Accuracy runs use one thread (--threads), which
-changes only the rounding of the sums, and keeps them fast on a shared machine. Screening budgets run first (cheap), then
+changes only the rounding of the sums, and keeps them fast on a shared machine. Screening budgets run first (cheap),
+then
 the full budget, cheapest configuration first. Results: `<out>/fidelity.json` and `<out>/fidelity.md`.
 """
 
@@ -34,7 +35,7 @@ from vit_lab.run_files import CHECKPOINT, HISTORY, METRICS
 # (name, patch, depth, heads, width, lr): spread over the sweep space; the priciest corner (patch 4, depth 6,
 # width 128: ~40 min at the full budget) is left out so the full-budget runs fit ~1.5 h of 2 cores.
 CONFIGS = [
-    ("p4-d4-h4-w64", 4, 4, 4, 64, 2e-3),     # the default model
+    ("p4-d4-h4-w64", 4, 4, 4, 64, 2e-3),  # the default model
     ("p7-d1-h1-w32", 7, 1, 1, 32, 1e-3),
     ("p7-d6-h8-w128", 7, 6, 8, 128, 2.8e-3),  # the old default sweep's winner
     ("p4-d2-h2-w32", 4, 2, 2, 32, 3e-3),
@@ -65,16 +66,26 @@ SMOKE = ["data.val_size=256", "data.test_limit=256", "trainer.batch_size=64", "m
 
 def config_overrides(cfg: tuple) -> list[str]:
     _, patch, depth, heads, width, lr = cfg
-    return [f"model.patch_size={patch}", f"model.depth={depth}", f"model.n_heads={heads}", f"model.hidden_d={width}",
-            f"optimizer.lr={lr}"]
+    return [
+        f"model.patch_size={patch}",
+        f"model.depth={depth}",
+        f"model.n_heads={heads}",
+        f"model.hidden_d={width}",
+        f"optimizer.lr={lr}",
+    ]
 
 
 def budget_overrides(budget: str, smoke: bool = False) -> list[str]:
     epochs, limit = BUDGETS[budget]
     if smoke:
         epochs, limit = min(epochs, 2), 512 if limit is None else 256
-    return [f"trainer.epochs={epochs}", f"data.train_limit={'null' if limit is None else limit}",
-            f"trainer.checkpoint={'true' if budget == FULL else 'false'}", "trainer.progress=false", "device=cpu"]
+    return [
+        f"trainer.epochs={epochs}",
+        f"data.train_limit={'null' if limit is None else limit}",
+        f"trainer.checkpoint={'true' if budget == FULL else 'false'}",
+        "trainer.progress=false",
+        "device=cpu",
+    ]
 
 
 def images_per_trial(budget: str) -> int:
@@ -89,8 +100,9 @@ def run_status(run_dir: Path) -> str | None:
         return None
 
 
-def train(cfg: tuple, budget: str, out: Path, smoke: bool = False, extra: list[str] | None = None,
-          threads: int | None = 1) -> dict | None:
+def train(
+    cfg: tuple, budget: str, out: Path, smoke: bool = False, extra: list[str] | None = None, threads: int | None = 1
+) -> dict | None:
     """One run, unless it is already complete; a killed run with a checkpoint is resumed in place."""
     run_dir = out / budget / cfg[0]
     if run_status(run_dir) == "completed":
@@ -101,9 +113,13 @@ def train(cfg: tuple, budget: str, out: Path, smoke: bool = False, extra: list[s
         args.append(f"resume={run_dir}")
     cmd = [sys.executable, "-m", "vit_lab.train", *args, f"hydra.run.dir={run_dir}"]
     print(f"[{time.strftime('%H:%M:%S')}] {budget} {cfg[0]}", flush=True)
-    proc = subprocess.run(cmd, check=False, cwd=C.REPO, env={**os.environ, "MPLBACKEND": "Agg"}, capture_output=True, text=True)
+    proc = subprocess.run(
+        cmd, check=False, cwd=C.REPO, env={**os.environ, "MPLBACKEND": "Agg"}, capture_output=True, text=True
+    )
     if proc.returncode != 0:
-        print(f"  failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}", flush=True)
+        print(
+            f"  failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}", flush=True
+        )
         return None
     m = read_json(run_dir / METRICS)
     print(f"  best val {m['best_val_acc']:.4f}, {m['train_seconds']:.0f} s", flush=True)
@@ -134,8 +150,11 @@ def fidelity(table: dict[str, dict[str, dict]]) -> list[dict]:
 
     full = {k: m["best_val_acc"] for k, m in table.get(FULL, {}).items()}
     ranked = sorted(full, key=full.get, reverse=True)
-    candidates = [(b, {k: m["best_val_acc"] for k, m in table.get(b, {}).items()}, images_per_trial(b), b)
-                  for b in BUDGETS if b != FULL]
+    candidates = [
+        (b, {k: m["best_val_acc"] for k, m in table.get(b, {}).items()}, images_per_trial(b), b)
+        for b in BUDGETS
+        if b != FULL
+    ]
     n_epochs = min((len(m["val_curve"]) for m in table.get(FULL, {}).values()), default=0)
     for e in (1, 2, 3):
         if e < n_epochs:
@@ -144,8 +163,14 @@ def fidelity(table: dict[str, dict[str, dict]]) -> list[dict]:
     rows = []
     for name, vals, images, budget in candidates:
         common = [k for k in ranked if k in vals]
-        row = {"budget": name, "n": len(common), "images_per_trial": images,
-               "cost_vs_full": images / images_per_trial(FULL), "spearman": None, "p_value": None}
+        row = {
+            "budget": name,
+            "n": len(common),
+            "images_per_trial": images,
+            "cost_vs_full": images / images_per_trial(FULL),
+            "spearman": None,
+            "p_value": None,
+        }
         if budget is not None:
             row["epochs"], row["train_limit"] = BUDGETS[budget]
             row["train_seconds_mean"] = sum(table[budget][k]["train_seconds"] for k in common) / max(len(common), 1)
@@ -161,13 +186,19 @@ def fidelity(table: dict[str, dict[str, dict]]) -> list[dict]:
 def markdown(table: dict[str, dict[str, dict]], rows: list[dict]) -> str:
     budgets = [b for b in BUDGETS if b in table]
     lines = ["| config | lr | params | " + " | ".join(budgets) + " |", "| --- | --- | --- |" + " --- |" * len(budgets)]
-    order = sorted([c for c in CONFIGS if any(c[0] in table[b] for b in budgets)], key=lambda c: -table.get(FULL, {}).get(c[0], {}).get("best_val_acc", -1))
+    order = sorted(
+        [c for c in CONFIGS if any(c[0] in table[b] for b in budgets)],
+        key=lambda c: -table.get(FULL, {}).get(c[0], {}).get("best_val_acc", -1),
+    )
     for cfg in order:
         cells = [f"{100 * table[b][cfg[0]]['best_val_acc']:.2f}" if cfg[0] in table[b] else "-" for b in budgets]
         params = next((table[b][cfg[0]]["n_params"] for b in budgets if cfg[0] in table[b]), None)
         lines.append(f"| {cfg[0]} | {cfg[5]:g} | {params if params is not None else '-'} | " + " | ".join(cells) + " |")
-    lines += ["", "| screening budget | images per trial | cost vs full | Spearman rho (p) | its winner's full-budget rank |",
-              "| --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "| screening budget | images per trial | cost vs full | Spearman rho (p) | its winner's full-budget rank |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         rho = "-" if r["spearman"] is None else f"{r['spearman']:.2f} ({r['p_value']:.2g})"
         rank = f"{r['winner_full_rank']} of {r['n']}" if r.get("winner") else "-"
@@ -179,10 +210,16 @@ def report(out: Path, configs: list[tuple] = CONFIGS) -> list[dict]:
     table = collect(out, configs)
     rows = fidelity(table)
     text = markdown(table, rows)
-    write_json(out / "fidelity.json", {"budgets": {b: list(v) for b, v in BUDGETS.items()}, "rows": rows,
-                                       "val_acc": {b: {k: m["best_val_acc"] for k, m in v.items()} for b, v in table.items()},
-                                       "train_seconds": {b: {k: m["train_seconds"] for k, m in v.items()} for b, v in table.items()},
-                                       "loadavg": C.loadavg()})
+    write_json(
+        out / "fidelity.json",
+        {
+            "budgets": {b: list(v) for b, v in BUDGETS.items()},
+            "rows": rows,
+            "val_acc": {b: {k: m["best_val_acc"] for k, m in v.items()} for b, v in table.items()},
+            "train_seconds": {b: {k: m["train_seconds"] for k, m in v.items()} for b, v in table.items()},
+            "loadavg": C.loadavg(),
+        },
+    )
     atomic_write(out / "fidelity.md", lambda f: f.write(text))
     print(text)
     return rows
@@ -194,8 +231,13 @@ def time_epochs(out: Path, configs: list[tuple] = CONFIGS, smoke: bool = False) 
     for cfg in configs:
         run_dir = out / "time" / cfg[0]
         args = config_overrides(cfg) + budget_overrides("e1-all", smoke) + (SMOKE if smoke else [])
-        subprocess.run([sys.executable, "-m", "vit_lab.train", *args, f"hydra.run.dir={run_dir}"], cwd=C.REPO,
-                       check=True, capture_output=True, env={**os.environ, "MPLBACKEND": "Agg"})
+        subprocess.run(
+            [sys.executable, "-m", "vit_lab.train", *args, f"hydra.run.dir={run_dir}"],
+            cwd=C.REPO,
+            check=True,
+            capture_output=True,
+            env={**os.environ, "MPLBACKEND": "Agg"},
+        )
         m = read_json(run_dir / METRICS)
         result[cfg[0]] = {"seconds_per_epoch": m["train_seconds"], "images_per_second": m["train_images_per_second"]}
         print(f"{cfg[0]}: {m['train_seconds']:.1f} s per epoch ({m['train_images_per_second']:.0f} img/s)", flush=True)
@@ -211,11 +253,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", nargs="*", default=list(BUDGETS), choices=list(BUDGETS))
     p.add_argument("--configs", type=int, default=len(CONFIGS), help="use the first N configs")
     p.add_argument("--smoke", action="store_true", help="tiny models and data: checks the plumbing in seconds")
-    p.add_argument("--threads", type=lambda v: None if v == "null" else int(v), default=1,
-                   help="device.threads of the accuracy runs (default 1: a second process on a 2-core machine stalls a "
-                        "2-thread run's OpenMP barriers; 'null' = torch's default); --time keeps torch's default")
-    p.add_argument("--max-minutes", type=float, metavar="M",
-                   help="start no new run after M minutes (run the command again to go on)")
+    p.add_argument(
+        "--threads",
+        type=lambda v: None if v == "null" else int(v),
+        default=1,
+        help="device.threads of the accuracy runs (default 1: a second process on a 2-core machine stalls a "
+        "2-thread run's OpenMP barriers; 'null' = torch's default); --time keeps torch's default",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        metavar="M",
+        help="start no new run after M minutes (run the command again to go on)",
+    )
     a = p.parse_args(argv)
     configs = CONFIGS[: a.configs]
     if a.time:

@@ -33,23 +33,48 @@ from benchmarks import _common as C
 from vit_lab.run_files import METRICS
 
 MODES = ("single", "workers", "joblib")
-MICRO = ["data.train_limit=256", "data.val_size=128", "data.test_limit=128", "trainer.batch_size=64",
-         "model.depth=1", "model.hidden_d=16", "model.patch_size=7", "trainer.epochs=2",
-         "hydra.sweeper.pruner.n_startup_trials=1"]
+MICRO = [
+    "data.train_limit=256",
+    "data.val_size=128",
+    "data.test_limit=128",
+    "trainer.batch_size=64",
+    "model.depth=1",
+    "model.hidden_d=16",
+    "model.patch_size=7",
+    "trainer.epochs=2",
+    "hydra.sweeper.pruner.n_startup_trials=1",
+]
 
 
 def commands(mode: str, trials: int, threads: int, overrides: list[str]) -> list[list[str]]:
     """The sweep command of each worker process of a mode."""
-    base = [sys.executable, "-m", "vit_lab.train", "-m", "hparams_search=vit_optuna", "trainer.progress=false",
-            f"hydra.sweeper.n_trials={trials}"]
+    base = [
+        sys.executable,
+        "-m",
+        "vit_lab.train",
+        "-m",
+        "hparams_search=vit_optuna",
+        "trainer.progress=false",
+        f"hydra.sweeper.n_trials={trials}",
+    ]
     half = max(1, threads // 2)
     if mode == "single":
         return [base + ["hydra.sweeper.n_jobs=1", f"device.threads={threads}", *overrides]]
     if mode == "workers":
-        return [base + ["hydra.sweeper.n_jobs=1", f"hydra.sweeper.total_trials={trials}", f"device.threads={half}",
-                        *overrides]] * 2
-    return [base + ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
-                    f"device.threads={half}", *overrides]]
+        return [
+            base
+            + ["hydra.sweeper.n_jobs=1", f"hydra.sweeper.total_trials={trials}", f"device.threads={half}", *overrides]
+        ] * 2
+    return [
+        base
+        + [
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "hydra.sweeper.n_jobs=2",
+            f"device.threads={half}",
+            *overrides,
+        ]
+    ]
 
 
 def run_mode(mode: str, trials: int, threads: int, overrides: list[str], keep: bool) -> dict:
@@ -58,13 +83,22 @@ def run_mode(mode: str, trials: int, threads: int, overrides: list[str], keep: b
     env.pop("HYDRA_FULL_ERROR", None)
     cmds = commands(mode, trials, threads, overrides)
     load0, t0 = C.loadavg(), time.time()
-    procs = [subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for cmd in cmds]
+    procs = [
+        subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for cmd in cmds
+    ]
     logs = [p.communicate()[0] for p in procs]
     wall = time.time() - t0
-    result = {"mode": mode, "workers": len(cmds), "command": " ".join(cmds[0][1:]), "wall_seconds": wall,
-              "returncodes": [p.returncode for p in procs], "loadavg_start": load0, "loadavg_end": C.loadavg(),
-              **study_figures(folder, mode, wall, slots=2 if mode != "single" else 1)}
+    result = {
+        "mode": mode,
+        "workers": len(cmds),
+        "command": " ".join(cmds[0][1:]),
+        "wall_seconds": wall,
+        "returncodes": [p.returncode for p in procs],
+        "loadavg_start": load0,
+        "loadavg_end": C.loadavg(),
+        **study_figures(folder, mode, wall, slots=2 if mode != "single" else 1),
+    }
     if any(p.returncode for p in procs):
         result["log_tail"] = "".join(log[-2000:] for log in logs)
     if keep:
@@ -86,7 +120,7 @@ def study_figures(folder: Path, mode: str, wall: float, slots: int) -> dict:
     batch_wait = 0.0
     if mode == "joblib":  # one sweep process asks its batches of 2 in trial-number order
         numbers = [t.number for t in trials if t.number in jobs]
-        for batch in (numbers[i:i + 2] for i in range(0, len(numbers), 2)):
+        for batch in (numbers[i : i + 2] for i in range(0, len(numbers), 2)):
             last = max(jobs[n][1] for n in batch)
             batch_wait += sum(last - jobs[n][1] for n in batch)
     finished = [t for t in trials if t.state.is_finished() and t.state.name in ("COMPLETE", "PRUNED")]
@@ -94,12 +128,17 @@ def study_figures(folder: Path, mode: str, wall: float, slots: int) -> dict:
     for t in trials:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    return {"trials": states, "trials_per_hour": 3600 * len(finished) / wall,
-            "epochs_trained": sum(len(t.intermediate_values) for t in trials),
-            "best_val_acc": max((t.value for t in complete), default=None),
-            "slot_seconds": slots * wall, "busy_share": busy / (slots * wall),
-            "batch_wait_share": batch_wait / (slots * wall), "idle_share": 1 - (busy + batch_wait) / (slots * wall),
-            "mean_job_seconds": statistics.fmean(e - s for s, e in jobs.values()) if jobs else None}
+    return {
+        "trials": states,
+        "trials_per_hour": 3600 * len(finished) / wall,
+        "epochs_trained": sum(len(t.intermediate_values) for t in trials),
+        "best_val_acc": max((t.value for t in complete), default=None),
+        "slot_seconds": slots * wall,
+        "busy_share": busy / (slots * wall),
+        "batch_wait_share": batch_wait / (slots * wall),
+        "idle_share": 1 - (busy + batch_wait) / (slots * wall),
+        "mean_job_seconds": statistics.fmean(e - s for s, e in jobs.values()) if jobs else None,
+    }
 
 
 def job_span(run_dir: Path) -> tuple[float, float]:
@@ -113,20 +152,32 @@ def summarise(runs: list[dict]) -> dict:
     out = {}
     for mode in dict.fromkeys(r["mode"] for r in runs):
         mine = [r for r in runs if r["mode"] == mode]
-        out[mode] = {key: statistics.median(r[key] for r in mine)
-                     for key in ("trials_per_hour", "wall_seconds", "batch_wait_share", "idle_share", "busy_share",
-                                 "epochs_trained")}
+        out[mode] = {
+            key: statistics.median(r[key] for r in mine)
+            for key in (
+                "trials_per_hour",
+                "wall_seconds",
+                "batch_wait_share",
+                "idle_share",
+                "busy_share",
+                "epochs_trained",
+            )
+        }
     return out
 
 
 def report(result: dict) -> str:
-    lines = [f"{result['trials']} trials per mode, {result['threads']} threads in all, rounds {result['rounds']}",
-             "| mode | trials/hour | wall s | epochs | busy | waiting for a batch | idle |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"{result['trials']} trials per mode, {result['threads']} threads in all, rounds {result['rounds']}",
+        "| mode | trials/hour | wall s | epochs | busy | waiting for a batch | idle |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for mode, s in result["summary"].items():
-        lines.append(f"| {mode} | {s['trials_per_hour']:.0f} | {s['wall_seconds']:.0f} | {s['epochs_trained']:.0f} | "
-                     f"{100 * s['busy_share']:.0f}% | {100 * s['batch_wait_share']:.0f}% | "
-                     f"{100 * s['idle_share']:.0f}% |")
+        lines.append(
+            f"| {mode} | {s['trials_per_hour']:.0f} | {s['wall_seconds']:.0f} | {s['epochs_trained']:.0f} | "
+            f"{100 * s['busy_share']:.0f}% | {100 * s['batch_wait_share']:.0f}% | "
+            f"{100 * s['idle_share']:.0f}% |"
+        )
     for r in result["runs"]:
         if any(r["returncodes"]):
             lines.append(f"{r['mode']}: a worker failed (rc {r['returncodes']}):\n{r.get('log_tail', '')}")
@@ -150,8 +201,14 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--modes: unknown {sorted(unknown)}; choose from {', '.join(MODES)}")
     overrides = (MICRO if a.micro else []) + a.overrides
     runs = [run_mode(m, a.trials, a.threads, overrides, a.keep) for _ in range(a.rounds) for m in modes]
-    result = {"trials": a.trials, "threads": a.threads, "rounds": a.rounds, "overrides": overrides, "runs": runs,
-              "summary": summarise(runs)}
+    result = {
+        "trials": a.trials,
+        "threads": a.threads,
+        "rounds": a.rounds,
+        "overrides": overrides,
+        "runs": runs,
+        "summary": summarise(runs),
+    }
     if not a.no_save:
         result["saved"] = str(C.save("sweep_throughput", result))
     return C.print_result(result, report)

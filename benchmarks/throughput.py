@@ -32,8 +32,9 @@ from benchmarks import _common as C
 from benchmarks.tutorial_model import from_size
 
 
-def contenders(size_name: str, x: torch.Tensor, y: torch.Tensor, compile_: bool, loop: bool,
-               overrides: list[str] | None = None) -> tuple[dict[str, C.Contender], dict[str, float]]:
+def contenders(
+    size_name: str, x: torch.Tensor, y: torch.Tensor, compile_: bool, loop: bool, overrides: list[str] | None = None
+) -> tuple[dict[str, C.Contender], dict[str, float]]:
     size = C.SIZES[size_name]
     out: dict[str, C.Contender] = {}
     torch.manual_seed(0)
@@ -44,13 +45,18 @@ def contenders(size_name: str, x: torch.Tensor, y: torch.Tensor, compile_: bool,
     def contender(name, m, **kw):  # every contender trains with the composed config's optimizer
         return C.make_contender(name, m, x, y, cfg=cfg, **kw)
 
-    out["vit_lab"] = contender("vit_lab", model, compile=comp,
-                                      note=f"trainer default path ({path}), {C.n_params(model):,} params")
+    out["vit_lab"] = contender(
+        "vit_lab", model, compile=comp, note=f"trainer default path ({path}), {C.n_params(model):,} params"
+    )
     if size_name == "tutorial":
-        tmodel, _ = C.build_vit_lab(size, ["model.attention=tutorial", "model.pos_embed=sinusoidal",
-                                           "model.head_softmax=true"] + list(overrides or []))
-        out["vit_lab_tutorial_style"] = contender("vit_lab_tutorial_style", tmodel,
-                                                         note="tutorial attention + softmax head")
+        tmodel, _ = C.build_vit_lab(
+            size,
+            ["model.attention=tutorial", "model.pos_embed=sinusoidal", "model.head_softmax=true"]
+            + list(overrides or []),
+        )
+        out["vit_lab_tutorial_style"] = contender(
+            "vit_lab_tutorial_style", tmodel, note="tutorial attention + softmax head"
+        )
     if loop:
         lm = from_size(size)
         out["tutorial_loop"] = contender("tutorial_loop", lm, note=f"{C.n_params(lm):,} params")
@@ -60,7 +66,7 @@ def contenders(size_name: str, x: torch.Tensor, y: torch.Tensor, compile_: bool,
         vp = C.build_vit_pytorch(size)
         out["vit_pytorch"] = contender("vit_pytorch", vp, note=f"eager, {C.n_params(vp):,} params")
     except ImportError:  # pragma: no cover - the bench extra is missing
-        warnings.warn("vit-pytorch is not installed (pip install -e '.[bench]'); skipped")
+        warnings.warn("vit-pytorch is not installed (pip install -e '.[bench]'); skipped", stacklevel=2)
     compile_seconds: dict[str, float] = {}
     if compile_:
         tc = C.build_timm(size)
@@ -77,9 +83,18 @@ def contenders(size_name: str, x: torch.Tensor, y: torch.Tensor, compile_: bool,
     return out, compile_seconds
 
 
-def run(sizes=("tutorial", "default"), batch: int = 128, rounds: int = 5, steps: int = 2, threads: int | None = None,
-        compile_: bool = False, loop: bool = True, overrides: list[str] | None = None, save: bool = True,
-        eval_: bool = True) -> dict:
+def run(
+    sizes=("tutorial", "default"),
+    batch: int = 128,
+    rounds: int = 5,
+    steps: int = 2,
+    threads: int | None = None,
+    compile_: bool = False,
+    loop: bool = True,
+    overrides: list[str] | None = None,
+    save: bool = True,
+    eval_: bool = True,
+) -> dict:
     C.set_threads(threads)
     results = {"batch": batch, "threads": torch.get_num_threads(), "rounds": rounds, "sizes": {}}
     for size_name in sizes:
@@ -102,8 +117,13 @@ def run(sizes=("tutorial", "default"), batch: int = 128, rounds: int = 5, steps:
                     per[k][f"{phase}_{clock}_ratio_to_vit_lab"] = ref / t
         for k, v in compile_seconds.items():
             per[k]["compile_seconds"] = v
-        results["sizes"][size_name] = {"size": C.SIZES[size_name], "contenders": per, "loadavg_start": load0,
-                                       "loadavg_end": C.loadavg(), "raw_seconds_per_step": raw}
+        results["sizes"][size_name] = {
+            "size": C.SIZES[size_name],
+            "contenders": per,
+            "loadavg_start": load0,
+            "loadavg_end": C.loadavg(),
+            "raw_seconds_per_step": raw,
+        }
     if save:
         results["saved"] = str(C.save("throughput", results))
     return results
@@ -112,19 +132,27 @@ def run(sizes=("tutorial", "default"), batch: int = 128, rounds: int = 5, steps:
 def report(r: dict) -> str:
     lines = []
     for size_name, s in r["sizes"].items():
-        lines.append(f"\n== {size_name} size {s['size']}, batch {r['batch']}, {r['threads']} thread(s), "
-                     f"load {s['loadavg_start']} -> {s['loadavg_end']}")
-        lines.append(f"{'contender':24} {'train img/s':>11} {'x vit_lab':>9} {'cpu-clock x':>11} {'best img/s':>10} "
-                     f"{'best x':>7} {'eval img/s':>10} {'x vit_lab':>9}  note")
+        lines.append(
+            f"\n== {size_name} size {s['size']}, batch {r['batch']}, {r['threads']} thread(s), "
+            f"load {s['loadavg_start']} -> {s['loadavg_end']}"
+        )
+        lines.append(
+            f"{'contender':24} {'train img/s':>11} {'x vit_lab':>9} {'cpu-clock x':>11} {'best img/s':>10} "
+            f"{'best x':>7} {'eval img/s':>10} {'x vit_lab':>9}  note"
+        )
         for k, v in s["contenders"].items():
-            lines.append(f"{k:24} {v['train_wall_img_s']:11.0f} {v['train_wall_ratio_to_vit_lab']:9.3f} "
-                         f"{v['train_cpu_ratio_to_vit_lab']:11.3f} {v['train_best_img_s']:10.0f} "
-                         f"{v['train_best_ratio_to_vit_lab']:7.3f} {v.get('eval_wall_img_s', float('nan')):10.0f} "
-                         f"{v.get('eval_wall_ratio_to_vit_lab', float('nan')):9.3f}  {v['note']}"
-                         + (f"; compile {v['compile_seconds']:.0f}s" if "compile_seconds" in v else ""))
-    lines.append("\n'x vit_lab' = contender throughput / vit_lab throughput, medians of wall-clock rounds; cpu-clock: "
-                 "medians of process CPU time; best: fastest round of each (least disturbed by other load). "
-                 "vit_lab / tutorial_loop = 1 / its ratio.")
+            lines.append(
+                f"{k:24} {v['train_wall_img_s']:11.0f} {v['train_wall_ratio_to_vit_lab']:9.3f} "
+                f"{v['train_cpu_ratio_to_vit_lab']:11.3f} {v['train_best_img_s']:10.0f} "
+                f"{v['train_best_ratio_to_vit_lab']:7.3f} {v.get('eval_wall_img_s', float('nan')):10.0f} "
+                f"{v.get('eval_wall_ratio_to_vit_lab', float('nan')):9.3f}  {v['note']}"
+                + (f"; compile {v['compile_seconds']:.0f}s" if "compile_seconds" in v else "")
+            )
+    lines.append(
+        "\n'x vit_lab' = contender throughput / vit_lab throughput, medians of wall-clock rounds; cpu-clock: "
+        "medians of process CPU time; best: fastest round of each (least disturbed by other load). "
+        "vit_lab / tutorial_loop = 1 / its ratio."
+    )
     return "\n".join(lines)
 
 
@@ -140,8 +168,18 @@ def main(argv: list[str] | None = None) -> dict:
     C.add_step_args(p)
     a = C.parse_step_args(p, argv)
     sizes = ("tutorial", "default") if a.size == "both" else (a.size,)
-    r = run(sizes, a.batch, a.rounds, a.steps, a.threads, a.compile, not a.no_loop, a.overrides, not a.no_save,
-            not a.no_eval)
+    r = run(
+        sizes,
+        a.batch,
+        a.rounds,
+        a.steps,
+        a.threads,
+        a.compile,
+        not a.no_loop,
+        a.overrides,
+        not a.no_save,
+        not a.no_eval,
+    )
     return C.print_result(r, report)
 
 

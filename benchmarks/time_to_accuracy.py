@@ -28,9 +28,18 @@ from benchmarks import _common as C
 from vit_lab.io import read_json
 from vit_lab.run_files import HISTORY, METRICS
 
-SMOKE = ["trainer.epochs=1", "data.train_limit=512", "data.val_size=256", "data.test_limit=256",
-         "trainer.batch_size=64", "model.depth=1", "model.hidden_d=16", "model.patch_size=7", "trainer.progress=false",
-         "trainer.checkpoint=false"]
+SMOKE = [
+    "trainer.epochs=1",
+    "data.train_limit=512",
+    "data.val_size=256",
+    "data.test_limit=256",
+    "trainer.batch_size=64",
+    "model.depth=1",
+    "model.hidden_d=16",
+    "model.patch_size=7",
+    "trainer.progress=false",
+    "trainer.checkpoint=false",
+]
 
 
 def _poll_rss(pid: int, out: dict, stop: threading.Event) -> None:
@@ -48,8 +57,20 @@ def _poll_rss(pid: int, out: dict, stop: threading.Event) -> None:
         pass
 
 
-def run(overrides: list[str], target: float | None = None, run_dir: Path | None = None, save: bool = True,
-        echo: bool = True) -> dict:
+CURVE_KEYS = ("epoch", "train_seconds", "train_loss", "val_loss", "val_acc", "lr", "images_per_second")
+
+
+def first_reaching(history: list[dict], target: float | None) -> dict | None:
+    """The first epoch whose validation accuracy reaches ``target`` (its epoch, training seconds and accuracy)."""
+    if target is None:
+        return None
+    hits = (r for r in history if r.get("val_acc", 0) >= target)
+    return next(({k: r[k] for k in ("epoch", "train_seconds", "val_acc")} for r in hits), None)
+
+
+def run(
+    overrides: list[str], target: float | None = None, run_dir: Path | None = None, save: bool = True, echo: bool = True
+) -> dict:
     run_dir = Path(run_dir or C.RESULTS / f"tta-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "vit_lab.train", *overrides, f"hydra.run.dir={run_dir}"]
@@ -74,22 +95,28 @@ def run(overrides: list[str], target: float | None = None, run_dir: Path | None 
     maxrss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     history = read_json(run_dir / HISTORY) if (run_dir / HISTORY).exists() else []
     metrics = read_json(run_dir / METRICS) if (run_dir / METRICS).exists() else {}
-    reached = None
-    if target is not None:
-        reached = next(({"epoch": r["epoch"], "train_seconds": r["train_seconds"], "val_acc": r["val_acc"]}
-                        for r in history if r.get("val_acc", 0) >= target), None)
+    reached = first_reaching(history, target)
     result = {
-        "command": " ".join(["python -m vit_lab.train", *overrides]), "returncode": rc, "run_dir": str(run_dir),
-        "wall_seconds": wall, "train_seconds": metrics.get("train_seconds"), "test_acc": metrics.get("test_acc"),
-        "best_val_acc": metrics.get("best_val_acc"), "n_params": metrics.get("n_params"),
-        "train_images_per_second": metrics.get("train_images_per_second"), "status": metrics.get("status"),
-        "target": target, "target_reached_at": reached,
+        "command": " ".join(["python -m vit_lab.train", *overrides]),
+        "returncode": rc,
+        "run_dir": str(run_dir),
+        "wall_seconds": wall,
+        "train_seconds": metrics.get("train_seconds"),
+        "test_acc": metrics.get("test_acc"),
+        "best_val_acc": metrics.get("best_val_acc"),
+        "n_params": metrics.get("n_params"),
+        "train_images_per_second": metrics.get("train_images_per_second"),
+        "status": metrics.get("status"),
+        "target": target,
+        "target_reached_at": reached,
         # ru_maxrss of waited-for children: the largest so far, exact when this is the process's only big child
-        "peak_rss_bytes": maxrss_kib * 1024, "peak_rss_may_include_earlier_children": before > 0,
+        "peak_rss_bytes": maxrss_kib * 1024,
+        "peak_rss_may_include_earlier_children": before > 0,
         "psutil_peak_rss_bytes": polled.get("psutil_peak_rss_bytes"),
-        "curve": [{k: r.get(k) for k in ("epoch", "train_seconds", "train_loss", "val_loss", "val_acc", "lr",
-                                         "images_per_second")} for r in history],
-        "loadavg_start": load0, "loadavg_end": C.loadavg(), "log_tail": "".join(lines[-20:]),
+        "curve": [{k: r.get(k) for k in CURVE_KEYS} for r in history],
+        "loadavg_start": load0,
+        "loadavg_end": C.loadavg(),
+        "log_tail": "".join(lines[-20:]),
     }
     if save:
         result["saved"] = str(C.save("time_to_accuracy", result))
@@ -97,19 +124,33 @@ def run(overrides: list[str], target: float | None = None, run_dir: Path | None 
 
 
 def report(r: dict) -> str:
-    out = [f"$ {r['command']}", f"  status {r['status']} (rc {r['returncode']}), wall {r['wall_seconds']:.0f}s, "
-           f"train {r['train_seconds'] or 0:.0f}s, params {r['n_params']}, load {r['loadavg_start']} -> {r['loadavg_end']}"]
+    out = [
+        f"$ {r['command']}",
+        f"  status {r['status']} (rc {r['returncode']}), wall {r['wall_seconds']:.0f}s, "
+        f"train {r['train_seconds'] or 0:.0f}s, params {r['n_params']}, "
+        f"load {r['loadavg_start']} -> {r['loadavg_end']}",
+    ]
     for p in r["curve"]:
-        out.append(f"  epoch {p['epoch']:3d}  t={p['train_seconds']:7.1f}s  val_acc {100 * (p['val_acc'] or 0):6.2f}%  "
-                   f"train_loss {p['train_loss']:.4f}  {p['images_per_second']:.0f} img/s")
+        out.append(
+            f"  epoch {p['epoch']:3d}  t={p['train_seconds']:7.1f}s  val_acc {100 * (p['val_acc'] or 0):6.2f}%  "
+            f"train_loss {p['train_loss']:.4f}  {p['images_per_second']:.0f} img/s"
+        )
     test = r["test_acc"]
     out.append(f"  test_acc {100 * test:.2f}%" if test is not None else "  test_acc n/a")
     if r["target"] is not None:
         hit = r["target_reached_at"]
-        out.append(f"  target val_acc {100 * r['target']:.2f}%: " + (
-            f"reached at epoch {hit['epoch']} after {hit['train_seconds']:.0f}s of training" if hit else "not reached"))
-    out.append(f"  peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB"
-               + (f" (psutil poll {r['psutil_peak_rss_bytes'] / 2**20:.0f} MiB)" if r.get("psutil_peak_rss_bytes") else ""))
+        out.append(
+            f"  target val_acc {100 * r['target']:.2f}%: "
+            + (
+                f"reached at epoch {hit['epoch']} after {hit['train_seconds']:.0f}s of training"
+                if hit
+                else "not reached"
+            )
+        )
+    out.append(
+        f"  peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB"
+        + (f" (psutil poll {r['psutil_peak_rss_bytes'] / 2**20:.0f} MiB)" if r.get("psutil_peak_rss_bytes") else "")
+    )
     return "\n".join(out)
 
 

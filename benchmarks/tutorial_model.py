@@ -29,7 +29,7 @@ def loop_patchify(images: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
     for idx, image in enumerate(images):
         for i in range(rows):
             for j in range(cols):
-                patches[idx, i * cols + j] = image[:, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw].flatten()
+                patches[idx, i * cols + j] = image[:, i * ph : (i + 1) * ph, j * pw : (j + 1) * pw].flatten()
     return patches
 
 
@@ -38,8 +38,11 @@ def sinusoidal_table(sequence_length: int, d: int) -> torch.Tensor:
     table = torch.ones(sequence_length, d)
     for i in range(sequence_length):
         for j in range(d):
-            table[i, j] = (torch.sin(torch.tensor(i / 10000 ** (j / d))) if j % 2 == 0
-                           else torch.cos(torch.tensor(i / 10000 ** ((j - 1) / d))))
+            table[i, j] = (
+                torch.sin(torch.tensor(i / 10000 ** (j / d)))
+                if j % 2 == 0
+                else torch.cos(torch.tensor(i / 10000 ** ((j - 1) / d)))
+            )
     return table
 
 
@@ -61,9 +64,9 @@ class LoopMSA(nn.Module):
         for sequence in sequences:
             seq_result = []
             for head in range(self.n_heads):
-                seq = sequence[:, head * dh:(head + 1) * dh]
+                seq = sequence[:, head * dh : (head + 1) * dh]
                 q, k, v = self.q_mappings[head](seq), self.k_mappings[head](seq), self.v_mappings[head](seq)
-                attention = self.softmax(q @ k.T / dh ** 0.5)
+                attention = self.softmax(q @ k.T / dh**0.5)
                 seq_result.append(attention @ v)
             result.append(torch.hstack(seq_result))
         return torch.cat([torch.unsqueeze(r, dim=0) for r in result])
@@ -86,8 +89,16 @@ class LoopViTBlock(nn.Module):
 class TutorialViT(nn.Module):
     """``TutorialViT((1, 28, 28), n_patches=7, n_blocks=2, hidden_d=8, n_heads=2, out_d=10)``: 1,642 parameters."""
 
-    def __init__(self, chw=(1, 28, 28), n_patches: int = 7, n_blocks: int = 2, hidden_d: int = 8, n_heads: int = 2,
-                 out_d: int = 10, mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self,
+        chw=(1, 28, 28),
+        n_patches: int = 7,
+        n_blocks: int = 2,
+        hidden_d: int = 8,
+        n_heads: int = 2,
+        out_d: int = 10,
+        mlp_ratio: float = 4.0,
+    ) -> None:
         super().__init__()
         c, h, w = chw
         assert h % n_patches == 0 and w % n_patches == 0, "n_patches must divide the image size"
@@ -96,7 +107,7 @@ class TutorialViT(nn.Module):
         self.input_d = c * self.patch_size[0] * self.patch_size[1]
         self.linear_mapper = nn.Linear(self.input_d, hidden_d)
         self.class_token = nn.Parameter(torch.rand(1, hidden_d))
-        self.register_buffer("positional_embeddings", sinusoidal_table(n_patches ** 2 + 1, hidden_d), persistent=False)
+        self.register_buffer("positional_embeddings", sinusoidal_table(n_patches**2 + 1, hidden_d), persistent=False)
         self.blocks = nn.ModuleList(LoopViTBlock(hidden_d, n_heads, mlp_ratio) for _ in range(n_blocks))
         self.mlp = nn.Sequential(nn.Linear(hidden_d, out_d), nn.Softmax(dim=-1))
 
@@ -113,8 +124,14 @@ class TutorialViT(nn.Module):
 
 def from_size(size: dict, chw=(1, 28, 28)) -> TutorialViT:
     """The loop model at a benchmark size (patch, width, depth, heads, mlp_ratio)."""
-    return TutorialViT(chw, n_patches=chw[1] // size["patch"], n_blocks=size["depth"], hidden_d=size["width"],
-                       n_heads=size["heads"], mlp_ratio=size["mlp_ratio"])
+    return TutorialViT(
+        chw,
+        n_patches=chw[1] // size["patch"],
+        n_blocks=size["depth"],
+        hidden_d=size["width"],
+        n_heads=size["heads"],
+        mlp_ratio=size["mlp_ratio"],
+    )
 
 
 @torch.no_grad()

@@ -35,18 +35,35 @@ def mnist_root() -> Path:
 
 
 # Tiny budgets keep end-to-end runs at a few seconds on 2 cores.
-TINY = ["trainer.epochs=2", "data.train_limit=1024", "data.val_size=256", "data.test_limit=256",
-        "trainer.batch_size=64", "model.depth=1", "model.hidden_d=16", "model.patch_size=7", "optimizer.lr=0.01",
-        "scheduler.warmup_epochs=0.2", "trainer.progress=false"]
+TINY = [
+    "trainer.epochs=2",
+    "data.train_limit=1024",
+    "data.val_size=256",
+    "data.test_limit=256",
+    "trainer.batch_size=64",
+    "model.depth=1",
+    "model.hidden_d=16",
+    "model.patch_size=7",
+    "optimizer.lr=0.01",
+    "scheduler.warmup_epochs=0.2",
+    "trainer.progress=false",
+]
 
 
-def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | None = None,
-               timeout: float = 300) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run `python -m <module> args...` as a user would, with the real data root."""
     full_env = {**os.environ, "VIT_LAB_DATA": str(data_root()), "MPLBACKEND": "Agg", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full_env, text=True,
-                          capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
 
 
 def run_train(*args: str, **kwargs) -> subprocess.CompletedProcess:

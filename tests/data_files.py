@@ -11,8 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-MNIST_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
 
 
 def one_line_error(exc_info, *fragments: str) -> str:
@@ -58,14 +62,30 @@ def synth_idx(tmp_path: Path) -> tuple[dict, dict, Path]:
     (IDXDataset kwargs, the arrays written, the folder)."""
     raw = tmp_path / "Synth" / "raw"
     raw.mkdir(parents=True)
-    arrays = {"train_images": unique_images(N_TRAIN, 0), "train_labels": np.arange(N_TRAIN) % K,
-              "test_images": unique_images(N_TEST, 1000), "test_labels": (np.arange(N_TEST) * 3) % K}
+    arrays = {
+        "train_images": unique_images(N_TRAIN, 0),
+        "train_labels": np.arange(N_TRAIN) % K,
+        "test_images": unique_images(N_TEST, 1000),
+        "test_labels": (np.arange(N_TEST) * 3) % K,
+    }
     names = {k: f"{k}.idx" for k in arrays}
     for i, (k, a) in enumerate(arrays.items()):
         write_idx(raw / (names[k] + (".gz" if i % 2 else "")), a, gz=bool(i % 2))  # mix raw and .gz
     md5 = {k: hashlib.md5(idx_bytes(a)).hexdigest() for k, a in arrays.items()}
-    cfg = dict(name="synth", root=str(tmp_path), subdir="Synth/raw", files=names, md5=md5, channels=C, image_size=[H, W],
-               num_classes=K, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], val_size=10, channels_last=True)
+    cfg = dict(
+        name="synth",
+        root=str(tmp_path),
+        subdir="Synth/raw",
+        files=names,
+        md5=md5,
+        channels=C,
+        image_size=[H, W],
+        num_classes=K,
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
+        val_size=10,
+        channels_last=True,
+    )
     return cfg, arrays, raw
 
 
@@ -82,8 +102,15 @@ def write_image(path: Path, img: torch.Tensor) -> Path:
     return path
 
 
-def write_image_folder(folder: Path, per_class: dict[str, int], *, hw: tuple[int, int] = (12, 10), channels: int = 3,
-                       seed: int = 0, suffix: str = ".png") -> dict[Path, torch.Tensor]:
+def write_image_folder(
+    folder: Path,
+    per_class: dict[str, int],
+    *,
+    hw: tuple[int, int] = (12, 10),
+    channels: int = 3,
+    seed: int = 0,
+    suffix: str = ".png",
+) -> dict[Path, torch.Tensor]:
     """``per_class[name]`` random images in ``folder/<name>/``; returns each file's pixels."""
     g = torch.Generator().manual_seed(seed)
     written = {}
@@ -111,7 +138,14 @@ def py2_pickle(obj) -> bytes:
             out.extend(pickle.BININT + struct.pack("<i", v))
         elif isinstance(v, (str, bytes)):
             b = v.encode("latin1") if isinstance(v, str) else v
-            out.extend((pickle.SHORT_BINSTRING + bytes([len(b)]) if len(b) < 256 else pickle.BINSTRING + struct.pack("<i", len(b))) + b)
+            out.extend(
+                (
+                    pickle.SHORT_BINSTRING + bytes([len(b)])
+                    if len(b) < 256
+                    else pickle.BINSTRING + struct.pack("<i", len(b))
+                )
+                + b
+            )
         elif isinstance(v, tuple):
             out.extend(pickle.MARK)
             for x in v:
@@ -160,8 +194,12 @@ def cifar_batch(n: int, seed: int, name: str) -> tuple[bytes, np.ndarray, list[i
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
     labels = [int(v) for v in rng.integers(0, 10, n)]
-    entry = {"batch_label": f"{name} of 5", "labels": labels, "data": data,
-             "filenames": [f"img_{seed}_{i}.png" for i in range(n)]}
+    entry = {
+        "batch_label": f"{name} of 5",
+        "labels": labels,
+        "data": data,
+        "filenames": [f"img_{seed}_{i}.png" for i in range(n)],
+    }
     return py2_pickle(entry), data, labels
 
 

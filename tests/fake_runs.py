@@ -7,15 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
-
 from conftest import CONF, TINY
+from omegaconf import OmegaConf
 
 CNN = [o for o in TINY if not o.startswith("model.")] + ["model=cnn", "model.width=4"]
 
 
 def compose(*overrides: str, base: list[str] | None = None):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF)):
         return hydra_compose(config_name="config", overrides=[*(TINY if base is None else base), *overrides])

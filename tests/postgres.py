@@ -31,8 +31,10 @@ def server_bin() -> Path:
     folders = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name))
     if folders:
         return Path(folders[-1])
-    pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found: install them (Debian: apt-get install "
-                "postgresql), the storage tests start a throwaway server")
+    pytest.fail(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found: install them (Debian: apt-get install "
+        "postgresql), the storage tests start a throwaway server"
+    )
 
 
 def free_port() -> int:
@@ -58,18 +60,38 @@ class Cluster:
     def _run(self, *args: str) -> None:
         kw = dict(user=self.user.pw_uid, group=self.user.pw_gid, extra_groups=[]) if self.user else {}
         env = {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C", "HOME": str(self.root)}
-        proc = subprocess.run([str(self.bin / args[0]), *args[1:]], cwd=self.root, env=env, capture_output=True,
-                              text=True, timeout=TIMEOUT, **kw)
+        proc = subprocess.run(
+            [str(self.bin / args[0]), *args[1:]],
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            **kw,
+        )
         if proc.returncode != 0:
             log = (self.root / "server.log").read_text() if (self.root / "server.log").exists() else ""
             raise RuntimeError(f"{args[0]} failed: {proc.stdout}{proc.stderr}{log[-2000:]}")
 
     def start(self) -> Cluster:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", str(TIMEOUT),
-                  "-o", options, "start")
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            str(TIMEOUT),
+            "-o",
+            options,
+            "start",
+        )
         return self
 
     def stop(self) -> None:
@@ -85,8 +107,9 @@ class Cluster:
         import psycopg
 
         name = f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                             autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True, connect_timeout=10
+        ) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return name
 

@@ -9,9 +9,9 @@ import matplotlib.image as mpimg
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import run_module
 from fake_runs import CNN, fake_run
+
 from vit_lab.attention import attention_maps, mask_patches, rollout, to_pixels, token_attention
 from vit_lab.models.vit import MyMSA, MyViT
 
@@ -21,8 +21,9 @@ KERNELS = ("explicit", "cpu", "sdpa")
 
 def vit(style: str = "fused", kernel: str = "explicit", pool: str = "cls", **kw) -> MyViT:
     torch.manual_seed(0)
-    return MyViT((1, 28, 28), patch_size=7, depth=3, hidden_d=16, n_heads=4, attention=style, attn_kernel=kernel,
-                 pool=pool, **kw).eval()
+    return MyViT(
+        (1, 28, 28), patch_size=7, depth=3, hidden_d=16, n_heads=4, attention=style, attn_kernel=kernel, pool=pool, **kw
+    ).eval()
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -116,8 +117,11 @@ def test_mask_patches_masks_exactly_the_chosen_patches():
 
 def test_cli_figures_and_deletion(tmp_path):
     run, _ = fake_run(tmp_path / "vit", "model.depth=2", "model.n_heads=2")
-    for args, name, size in (([], "attention.png", (1280, 225)), (["--layers"], "attention_layers.png", None),
-                             (["--heads"], "attention_heads.png", None)):
+    for args, name, size in (
+        ([], "attention.png", (1280, 225)),
+        (["--layers"], "attention_layers.png", None),
+        (["--heads"], "attention_heads.png", None),
+    ):
         proc = run_module("vit_lab.attention", str(run), "--images", "8", *args)
         assert proc.returncode == 0, proc.stderr
         img = mpimg.imread(run / name)

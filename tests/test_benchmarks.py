@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO
 
 if str(REPO) not in sys.path:  # benchmarks/ is run from a checkout (`python -m benchmarks.x`), not installed
@@ -30,8 +29,19 @@ def _data_root(mnist_root, monkeypatch, tmp_path):
 def tutorial_pair(**kw):
     torch.manual_seed(0)
     loop = TutorialViT((1, 28, 28), n_patches=7, n_blocks=2, hidden_d=8, n_heads=2, out_d=10, **kw)
-    mine = MyViT((1, 28, 28), patch_size=4, depth=2, hidden_d=8, n_heads=2, out_d=10, attention="tutorial",
-                 pos_embed="sinusoidal", pool="cls", head_softmax=True, mlp_ratio=kw.get("mlp_ratio", 4.0))
+    mine = MyViT(
+        (1, 28, 28),
+        patch_size=4,
+        depth=2,
+        hidden_d=8,
+        n_heads=2,
+        out_d=10,
+        attention="tutorial",
+        pos_embed="sinusoidal",
+        pool="cls",
+        head_softmax=True,
+        mlp_ratio=kw.get("mlp_ratio", 4.0),
+    )
     return loop, copy_into_vit_lab(loop, mine)
 
 
@@ -56,8 +66,9 @@ def test_loop_model_equals_vit_lab_tutorial_style():
     torch.nn.functional.cross_entropy(a, y).backward()
     torch.nn.functional.cross_entropy(b, y).backward()
     assert torch.allclose(loop.linear_mapper.weight.grad, mine.linear_mapper.weight.grad, atol=1e-6)
-    assert torch.allclose(loop.blocks[0].mhsa.q_mappings[1].weight.grad, mine.blocks[0].mhsa.qkv_weight.grad[1, 0],
-                          atol=1e-6)
+    assert torch.allclose(
+        loop.blocks[0].mhsa.q_mappings[1].weight.grad, mine.blocks[0].mhsa.qkv_weight.grad[1, 0], atol=1e-6
+    )
 
 
 def test_matched_peers_have_the_same_size():
@@ -71,8 +82,9 @@ def test_matched_peers_have_the_same_size():
 
 def test_flop_counter_matches_a_hand_count():
     # 1x8x8 image, patch 4 -> 4 patches + cls = 5 tokens; width 4, 2 heads (dh 2), depth 1, MLP 8, 3 classes, batch 2
-    f = peak.vit_forward_flops(2, chw=(1, 8, 8), patch=4, width=4, depth=1, heads=2, mlp_ratio=2.0, out_d=3,
-                               cls_shortcut=False)
+    f = peak.vit_forward_flops(
+        2, chw=(1, 8, 8), patch=4, width=4, depth=1, heads=2, mlp_ratio=2.0, out_d=3, cls_shortcut=False
+    )
     hand = {
         "patch_embed": 2 * 2 * 4 * 16 * 4,  # B * N * (C p p) * d, 2 FLOPs per multiply-add
         "qkv": 2 * 2 * 5 * 4 * 12,  # B * T * d * 3d
@@ -83,14 +95,28 @@ def test_flop_counter_matches_a_hand_count():
     }
     assert {k: f[k] for k in hand} == hand
     assert f["total"] == sum(hand.values()) == 4432
-    assert peak.train_step_flops(2, chw=(1, 8, 8), patch=4, width=4, depth=1, heads=2, mlp_ratio=2.0, out_d=3,
-                                 cls_shortcut=False) == 3 * f["total"]
+    assert (
+        peak.train_step_flops(
+            2, chw=(1, 8, 8), patch=4, width=4, depth=1, heads=2, mlp_ratio=2.0, out_d=3, cls_shortcut=False
+        )
+        == 3 * f["total"]
+    )
     # MyViT's last block with cls pooling: queries, projection and MLP for the class token only (1 of 5 tokens)
     s = peak.vit_forward_flops(2, chw=(1, 8, 8), patch=4, width=4, depth=1, heads=2, mlp_ratio=2.0, out_d=3)
     assert s["qkv"] == 2 * 2 * (1 * 4 * 4 + 5 * 4 * 8) and s["attention"] == 2 * (2 * 2 * 2 * 1 * 5 * 2)
     assert s["proj"] == 2 * 2 * 1 * 4 * 4 and s["mlp"] == 2 * (2 * 2 * 1 * 4 * 8)
-    t = peak.vit_forward_flops(2, chw=(1, 8, 8), patch=4, width=4, depth=1, heads=2, mlp_ratio=2.0, out_d=3,
-                               attention="tutorial", cls_shortcut=False)
+    t = peak.vit_forward_flops(
+        2,
+        chw=(1, 8, 8),
+        patch=4,
+        width=4,
+        depth=1,
+        heads=2,
+        mlp_ratio=2.0,
+        out_d=3,
+        attention="tutorial",
+        cls_shortcut=False,
+    )
     assert t["qkv"] == 2 * 2 * 5 * 2 * 3 * 2 * 2 and t["proj"] == 0
 
 
@@ -98,8 +124,17 @@ def test_flop_counter_matches_a_hand_count():
 def test_flop_counter_agrees_with_torch_on_the_matrix_products(kernel):
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = MyViT((1, 28, 28), patch_size=7, depth=2, hidden_d=16, n_heads=2, mlp_ratio=2.0, out_d=10, pool="mean",
-                  attn_kernel=kernel)
+    model = MyViT(
+        (1, 28, 28),
+        patch_size=7,
+        depth=2,
+        hidden_d=16,
+        n_heads=2,
+        mlp_ratio=2.0,
+        out_d=10,
+        pool="mean",
+        attn_kernel=kernel,
+    )
     with FlopCounterMode(display=False) as counter:
         model(torch.rand(4, 1, 28, 28))
     by_op = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
@@ -168,12 +203,24 @@ def test_gpu_session_script_on_the_cpu(tmp_path):
     from conftest import data_root
 
     out = tmp_path / "out"
-    env = {**os.environ, "PY": sys.executable, "DEVICE": "cpu", "COMPILE": "false", "PRECISION": "fp32",
-           "BUDGET": "240", "BENCH_AT": "200", "OUT": str(out), "RUNS": str(tmp_path / "runs"), "WHEELS": str(tmp_path),
-           "BENCH_ARGS": "--device cpu --smoke --no-save", "VIT_LAB_DATA": str(data_root()),
-           "BEST_ARGS": "trainer.epochs=1 data.train_limit=256 data.val_size=256 data.test_limit=200 model.depth=1"}
-    proc = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    env = {
+        **os.environ,
+        "PY": sys.executable,
+        "DEVICE": "cpu",
+        "COMPILE": "false",
+        "PRECISION": "fp32",
+        "BUDGET": "240",
+        "BENCH_AT": "200",
+        "OUT": str(out),
+        "RUNS": str(tmp_path / "runs"),
+        "WHEELS": str(tmp_path),
+        "BENCH_ARGS": "--device cpu --smoke --no-save",
+        "VIT_LAB_DATA": str(data_root()),
+        "BEST_ARGS": "trainer.epochs=1 data.train_limit=256 data.val_size=256 data.test_limit=200 model.depth=1",
+    }
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_session.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "GPU path on cpu" in (out / "gpu_bench.log").read_text()
     for name in ("best_mnist", "best_fashion"):
@@ -184,18 +231,30 @@ def test_gpu_session_script_on_the_cpu(tmp_path):
     assert "[session] done" in proc.stdout
 
     # a later lease continues a run from the packed checkpoint: only the runs named in TRAIN, with resume=
-    env2 = {**env, "OUT": str(tmp_path / "out2"), "RUNS": str(tmp_path / "runs2"), "TRAIN": "best_mnist",
-            "RESUME_FROM": str(tmp_path / "runs")}
-    proc = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=REPO, env=env2, capture_output=True, text=True,
-                          timeout=300)
+    env2 = {
+        **env,
+        "OUT": str(tmp_path / "out2"),
+        "RUNS": str(tmp_path / "runs2"),
+        "TRAIN": "best_mnist",
+        "RESUME_FROM": str(tmp_path / "runs"),
+    }
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_session.sh"], cwd=REPO, env=env2, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert not (tmp_path / "out2" / "best_fashion.log").exists()
     with tarfile.open(tmp_path / "out2" / "run_best_mnist.tgz") as tar:
         metrics = json.load(tar.extractfile("best_mnist/metrics.json"))
     assert metrics["status"] == "completed"
     assert metrics["resumed_from"] == str(tmp_path / "runs" / "best_mnist" / "checkpoint.pt")
-    bad = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=REPO, env={**env2, "TRAIN": "best_cifar"},
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        ["bash", "benchmarks/gpu_session.sh"],
+        cwd=REPO,
+        env={**env2, "TRAIN": "best_cifar"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "unknown run 'best_cifar'" in bad.stdout
 
 
@@ -215,8 +274,9 @@ def test_sweep_throughput_runs_each_mode_on_a_micro_budget():
 def test_logging_overhead_micro_budget():
     from benchmarks import logging_overhead
 
-    r = logging_overhead.main(["--loggers", "csv", "tensorboard", "--epochs", "2", "--rounds", "1", "--steps", "1",
-                               "--no-save"])  # mlflow's store creation alone takes seconds; test_loggers covers it
+    r = logging_overhead.main(
+        ["--loggers", "csv", "tensorboard", "--epochs", "2", "--rounds", "1", "--steps", "1", "--no-save"]
+    )  # mlflow's store creation alone takes seconds; test_loggers covers it
     assert set(r["loggers"]) == {"tensorboard", "csv"} and r["default_epoch_seconds"] > 0
     for v in r["loggers"].values():
         assert 0 < v["per_epoch_seconds"] < v["one_off_seconds"] + 1 and 0 < v["per_epoch_share"] < 1
@@ -229,10 +289,15 @@ def test_screening_fidelity_rank_correlation_by_hand():
     full = {"a": 0.99, "b": 0.98, "c": 0.97, "d": 0.96}
     screen = {"a": 0.5, "b": 0.6, "c": 0.4, "d": 0.3}
     curves = {"a": [0.5, 0.9, 0.99], "b": [0.6, 0.8, 0.98], "c": [0.7, 0.7, 0.97], "d": [0.65, 0.6, 0.96]}
-    table = {"full": {k: {"best_val_acc": v, "val_curve": curves[k], "train_seconds": 10.0, "n_params": 1}
-                      for k, v in full.items()},
-             "e3-n5k": {k: {"best_val_acc": v, "val_curve": [], "train_seconds": 1.0, "n_params": 1}
-                        for k, v in screen.items()}}
+    table = {
+        "full": {
+            k: {"best_val_acc": v, "val_curve": curves[k], "train_seconds": 10.0, "n_params": 1}
+            for k, v in full.items()
+        },
+        "e3-n5k": {
+            k: {"best_val_acc": v, "val_curve": [], "train_seconds": 1.0, "n_params": 1} for k, v in screen.items()
+        },
+    }
     rows = {r["budget"]: r for r in screening_fidelity.fidelity(table)}
     r = rows["e3-n5k"]
     assert r["spearman"] == pytest.approx(0.8) and r["n"] == 4
@@ -249,7 +314,9 @@ def test_screening_fidelity_smoke_is_resumable(tmp_path, capsys):
     args = ["--smoke", "--configs", "3", "--budgets", "e1-all", "full", "--out", str(tmp_path)]
     assert screening_fidelity.main(args) == 0
     doc = json.loads((tmp_path / "fidelity.json").read_text())
-    assert set(doc["val_acc"]["full"]) == set(doc["val_acc"]["e1-all"]) == {c[0] for c in screening_fidelity.CONFIGS[:3]}
+    assert (
+        set(doc["val_acc"]["full"]) == set(doc["val_acc"]["e1-all"]) == {c[0] for c in screening_fidelity.CONFIGS[:3]}
+    )
     (row,) = [r for r in doc["rows"] if r["budget"] == "e1-all"]
     assert row["n"] == 3 and -1 <= row["spearman"] <= 1
     first = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/*/metrics.json")}
@@ -262,10 +329,31 @@ def test_screening_fidelity_smoke_is_resumable(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_pruner_comparison_smoke(tmp_path):
-    tiny = ["trainer.epochs=2", "data.train_limit=256", "data.val_size=128", "data.test_limit=128", "model.depth=1",
-            "model.hidden_d=16", "model.patch_size=7", "trainer.batch_size=64", "trainer.progress=false"]
-    args = ["--trials", "2", "--pruners", "median", "nop", "--out", str(tmp_path), "--retrain", "--full-overrides",
-            *tiny, "--", *tiny]
+    tiny = [
+        "trainer.epochs=2",
+        "data.train_limit=256",
+        "data.val_size=128",
+        "data.test_limit=128",
+        "model.depth=1",
+        "model.hidden_d=16",
+        "model.patch_size=7",
+        "trainer.batch_size=64",
+        "trainer.progress=false",
+    ]
+    args = [
+        "--trials",
+        "2",
+        "--pruners",
+        "median",
+        "nop",
+        "--out",
+        str(tmp_path),
+        "--retrain",
+        "--full-overrides",
+        *tiny,
+        "--",
+        *tiny,
+    ]
     assert pruner_comparison.main(args) == 0
     doc = json.loads((tmp_path / "pruners.json").read_text())
     rows = {r["pruner"]: r for r in doc["rows"]}

@@ -12,9 +12,9 @@ import signal
 from pathlib import Path
 
 import pytest
+from conftest import one_epoch_cfg
 from omegaconf import OmegaConf, open_dict
 
-from conftest import one_epoch_cfg
 from vit_lab.callbacks import Callback, Callbacks, EarlyStopping, StopTraining
 from vit_lab.errors import ConfigError, Diverged, Interrupted, RunStopped
 from vit_lab.train import train
@@ -91,8 +91,9 @@ def test_callbacks_see_start_every_epoch_and_the_end(lab, tmp_path):
 
 
 def test_failed_run_ends_the_callbacks_as_failed(lab, tmp_path):
-    cfg = with_entries(one_epoch_cfg("trainer.epochs=5", "optimizer.lr=1e6", "logger=none"),
-                       "callbacks", rec=node(Recorder))
+    cfg = with_entries(
+        one_epoch_cfg("trainer.epochs=5", "optimizer.lr=1e6", "logger=none"), "callbacks", rec=node(Recorder)
+    )
     with pytest.raises(Diverged):
         train(cfg, tmp_path)
     end = CALLS[-1]
@@ -165,8 +166,13 @@ def test_early_stopping_counts_epochs_without_improvement():
 
 
 def test_early_stopping_ends_training_and_the_run_still_tests(lab, tmp_path):
-    cfg = one_epoch_cfg("trainer.epochs=4", "callbacks=early_stopping", "callbacks.early_stopping.monitor=train_loss",
-                        "callbacks.early_stopping.patience=1", "logger=none")  # mode max: a falling loss never improves
+    cfg = one_epoch_cfg(
+        "trainer.epochs=4",
+        "callbacks=early_stopping",
+        "callbacks.early_stopping.monitor=train_loss",
+        "callbacks.early_stopping.patience=1",
+        "logger=none",
+    )  # mode max: a falling loss never improves
     train(cfg, tmp_path)
     m = read(tmp_path / "metrics.json")
     assert m["status"] == "completed" and m["epochs_completed"] == 2 < m["epochs"]
@@ -174,8 +180,12 @@ def test_early_stopping_ends_training_and_the_run_still_tests(lab, tmp_path):
 
 
 def test_callbacks_and_loggers_come_from_their_config_groups():
-    cfg = OmegaConf.create({"callbacks": {"a": {"_target_": "vit_lab.callbacks.EarlyStopping"}, "off": None},
-                            "logger": {"csv": {"_target_": "vit_lab.loggers.csv.CSVLogger"}}})
+    cfg = OmegaConf.create(
+        {
+            "callbacks": {"a": {"_target_": "vit_lab.callbacks.EarlyStopping"}, "off": None},
+            "logger": {"csv": {"_target_": "vit_lab.loggers.csv.CSVLogger"}},
+        }
+    )
     cbs = Callbacks.from_config(cfg)
     assert [name for name, _, _ in cbs.entries] == ["callbacks.a", "logger.csv"]
     assert [type(c).__name__ for c in cbs] == ["EarlyStopping", "CSVLogger"]

@@ -9,14 +9,16 @@ from conftest import REPO
 
 
 def readme_command(which: str) -> str:
-    proc = subprocess.run([sys.executable, str(REPO / ".ci" / "readme_command.py"), which], capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / ".ci" / "readme_command.py"), which], capture_output=True, text=True, check=True
+    )
     return proc.stdout.strip()
 
 
 def test_ci_runs_the_readme_test_command():
     cmd = readme_command("test")
     assert cmd.startswith("python3 -m venv .venv") and cmd.endswith("python -m pytest -q")
+    assert cmd.index("ruff check .") < cmd.index("ruff format --check .") < cmd.index("pytest")  # lint first
     assert "VIT_LAB_DATA=../shared/data" in cmd and f"    {cmd}\n" in (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
     assert "readme_command.py test" in ci and 'bash -c "$cmd"' in ci

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, data_root
+
 from vit_lab.cli import cli, full_error
 from vit_lab.errors import ConfigError
 
@@ -37,16 +37,23 @@ def install_scripts(folder: Path) -> Path:
     for name, target in project_scripts().items():
         module, func = target.split(":")
         path = folder / name
-        path.write_text(f"#!{sys.executable}\nimport re, sys\nfrom {module} import {func}\n"
-                        f"if __name__ == '__main__':\n    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
-                        f"    sys.exit({func}())\n")
+        path.write_text(
+            f"#!{sys.executable}\nimport re, sys\nfrom {module} import {func}\n"
+            f"if __name__ == '__main__':\n    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
+            f"    sys.exit({func}())\n"
+        )
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return folder
 
 
 def script_env(bin_dir: Path, **extra: str) -> dict:
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "VIT_LAB_DATA": str(data_root()),
-           "MPLBACKEND": "Agg", **extra}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "VIT_LAB_DATA": str(data_root()),
+        "MPLBACKEND": "Agg",
+        **extra,
+    }
     env.pop("HYDRA_FULL_ERROR", None)
     return env
 
@@ -108,12 +115,20 @@ def test_project_scripts_are_importable_callables():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,usage", [("vit-lab-compare", "usage:"), ("vit-lab-evaluate", "usage:"),
-                                        ("vit-lab-predict", "usage:"), ("vit-lab-attention", "usage:")])
+@pytest.mark.parametrize(
+    "name,usage",
+    [
+        ("vit-lab-compare", "usage:"),
+        ("vit-lab-evaluate", "usage:"),
+        ("vit-lab-predict", "usage:"),
+        ("vit-lab-attention", "usage:"),
+    ],
+)
 def test_argparse_scripts_answer_help(tmp_path, name, usage):
     bin_dir = install_scripts(tmp_path / "bin")
-    proc = subprocess.run([name, "--help"], env=script_env(bin_dir), cwd=tmp_path, text=True, capture_output=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [name, "--help"], env=script_env(bin_dir), cwd=tmp_path, text=True, capture_output=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(usage), proc.stdout
 
@@ -123,11 +138,18 @@ def test_vit_lab_train_script_runs_hydra_with_one_line_errors(tmp_path):
     """Launched from another folder, as an installed command: Hydra finds conf/ and bad input is one line."""
     bin_dir = install_scripts(tmp_path / "bin")
     env = script_env(bin_dir)
-    shown = subprocess.run(["vit-lab-train", "--cfg", "job", "model=cnn"], env=env, cwd=tmp_path, text=True,
-                           capture_output=True, timeout=120)
+    shown = subprocess.run(
+        ["vit-lab-train", "--cfg", "job", "model=cnn"],
+        env=env,
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert shown.returncode == 0 and "_target_: vit_lab.models.SimpleCNN" in shown.stdout, shown.stderr
-    bad = subprocess.run(["vit-lab-train", "trainer.epochz=3"], env=env, cwd=tmp_path, text=True, capture_output=True,
-                         timeout=120)
+    bad = subprocess.run(
+        ["vit-lab-train", "trainer.epochz=3"], env=env, cwd=tmp_path, text=True, capture_output=True, timeout=120
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
     errors = [line for line in bad.stderr.splitlines() if line.startswith("vit_lab: error: ")]
     assert len(errors) == 1 and "trainer.epochz" in errors[0], bad.stderr
@@ -141,8 +163,14 @@ def test_completion_lists_groups_and_options(tmp_path):
     bin_dir = install_scripts(tmp_path / "bin")
 
     def query(line: str) -> list[str]:
-        proc = subprocess.run(["vit-lab-train", "-sc", "query=bash"], env=script_env(bin_dir, COMP_LINE=line),
-                              cwd=tmp_path, text=True, capture_output=True, timeout=120)
+        proc = subprocess.run(
+            ["vit-lab-train", "-sc", "query=bash"],
+            env=script_env(bin_dir, COMP_LINE=line),
+            cwd=tmp_path,
+            text=True,
+            capture_output=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.split()
 
@@ -156,10 +184,13 @@ def test_completion_lists_groups_and_options(tmp_path):
 def test_bash_completion_install_completes_model_options(tmp_path):
     """The README's install line in a real bash: Tab after ``model=`` offers vit and cnn."""
     bin_dir = install_scripts(tmp_path / "bin")
-    script = ('eval "$(vit-lab-train --shell-completion install=bash)"\n'
-              'COMP_LINE="vit-lab-train model="; COMP_POINT=${#COMP_LINE}; COMP_CWORD=1\n'
-              'hydra_bash_completion\nprintf "%s\\n" "${COMPREPLY[@]}"\n')
-    proc = subprocess.run(["bash", "-c", script], env=script_env(bin_dir), cwd=tmp_path, text=True,
-                          capture_output=True, timeout=180)
+    script = (
+        'eval "$(vit-lab-train --shell-completion install=bash)"\n'
+        'COMP_LINE="vit-lab-train model="; COMP_POINT=${#COMP_LINE}; COMP_CWORD=1\n'
+        'hydra_bash_completion\nprintf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    proc = subprocess.run(
+        ["bash", "-c", script], env=script_env(bin_dir), cwd=tmp_path, text=True, capture_output=True, timeout=180
+    )
     assert proc.returncode == 0, proc.stderr
     assert {"model=vit", "model=cnn"} <= set(proc.stdout.split()), (proc.stdout, proc.stderr)

@@ -15,8 +15,8 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pytest
 import yaml
-
 from conftest import TINY, run_module, run_train
+
 from vit_lab.compare.__main__ import main
 from vit_lab.compare.errors import UsageError
 from vit_lab.compare.formats import fmt_params, fmt_pct, fmt_seconds
@@ -25,8 +25,14 @@ from vit_lab.compare.terminal import shorten_path as _shorten_path
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # The seed comparison's four runs on a tiny budget: only data/trainer keys, which every model accepts.
-SEED_TINY = ["trainer.epochs=1", "data.train_limit=256", "data.val_size=128", "data.test_limit=128",
-             "trainer.progress=false", "trainer.checkpoint=false"]
+SEED_TINY = [
+    "trainer.epochs=1",
+    "data.train_limit=256",
+    "data.val_size=128",
+    "data.test_limit=128",
+    "trainer.progress=false",
+    "trainer.checkpoint=false",
+]
 
 
 def read_json(path: Path):
@@ -42,9 +48,16 @@ def compare(capsys, *args: str) -> tuple[int, str, str]:
 def make_run(path: Path, metrics: object | None = None, raw: str | None = None, config: dict | None = None) -> Path:
     """A hand-made run folder: .hydra/config.yaml (+ hydra.yaml choices) and a metrics.json as given."""
     (path / ".hydra").mkdir(parents=True)
-    config = config if config is not None else {"model": {"_target_": "vit_lab.models.MyViT", "n_heads": 2},
-                                                "data": {"name": "mnist"}, "trainer": {"epochs": 2},
-                                                "optimizer": {"lr": 0.01}}
+    config = (
+        config
+        if config is not None
+        else {
+            "model": {"_target_": "vit_lab.models.MyViT", "n_heads": 2},
+            "data": {"name": "mnist"},
+            "trainer": {"epochs": 2},
+            "optimizer": {"lr": 0.01},
+        }
+    )
     (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     if raw is not None:
         (path / "metrics.json").write_text(raw)
@@ -57,13 +70,23 @@ def make_bad_runs(root: Path) -> dict[str, Path]:
     """Every way a run folder can be broken, one folder each."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    full = {"status": "completed", "epochs": 2, "epochs_completed": 2, "test_acc": 0.5, "best_val_acc": 0.5,
-            "n_params": 1000, "train_seconds": 1.0, "train_images_per_second": 100.0}
+    full = {
+        "status": "completed",
+        "epochs": 2,
+        "epochs_completed": 2,
+        "test_acc": 0.5,
+        "best_val_acc": 0.5,
+        "n_params": 1000,
+        "train_seconds": 1.0,
+        "train_images_per_second": 100.0,
+    }
     return {
         "corrupt": make_run(root / "corrupt", raw=json.dumps(full)[:40]),  # half-written
         "incomplete": make_run(root / "incomplete"),  # no metrics.json at all
-        "killed": make_run(root / "killed", {"status": "running", "pid": dead.pid, "host": socket.gethostname(),
-                                             "epochs": 2, "epochs_completed": 1}),
+        "killed": make_run(
+            root / "killed",
+            {"status": "running", "pid": dead.pid, "host": socket.gethostname(), "epochs": 2, "epochs_completed": 1},
+        ),
         "failed": make_run(root / "failed", {"status": "failed", "reason": "training loss became nan"}),
         "unreadable": make_run(root / "unreadable"),
         "old": make_run(root / "old", {"acc": 0.9}, config={"model": {"name": "vit", "patch": 4}}),
@@ -81,18 +104,43 @@ def lab(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("compare")
     out = tmp / "outputs"
     jobs = {
-        "seed": lambda: run_module("vit_lab.compare.seed_comparison", "--out", str(out / "seed"), "--jobs", "2",
-                                   "--seeds", "0", *SEED_TINY, env=ONE_THREAD),
-        "grid": lambda: run_train("-m", "model.n_heads=2,4", *TINY, "trainer.checkpoint=false",
-                                  f"hydra.sweep.dir={out / 'grid'}", env=ONE_THREAD),
+        "seed": lambda: run_module(
+            "vit_lab.compare.seed_comparison",
+            "--out",
+            str(out / "seed"),
+            "--jobs",
+            "2",
+            "--seeds",
+            "0",
+            *SEED_TINY,
+            env=ONE_THREAD,
+        ),
+        "grid": lambda: run_train(
+            "-m",
+            "model.n_heads=2,4",
+            *TINY,
+            "trainer.checkpoint=false",
+            f"hydra.sweep.dir={out / 'grid'}",
+            env=ONE_THREAD,
+        ),
         # the storage path is relative to the launch folder, as with the default sqlite:///outputs/optuna.db
-        "optuna": lambda: run_train("-m", "hydra/sweeper=optuna", "hydra.sweeper.storage=sqlite:///outputs/optuna.db",
-                                    "hydra.sweeper.study_name=t", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1",
-                                    "hydra.sweeper.direction=maximize", "hydra.sweeper.sampler.seed=0",
-                                    "model.depth=choice(1,2)", "optimizer.lr=interval(0.001,0.02)",
-                                    *[o for o in TINY if not o.startswith(("model.depth", "optimizer.lr"))],
-                                    "trainer.checkpoint=false", f"hydra.sweep.dir={out / 'optuna'}", cwd=tmp,
-                                    env=ONE_THREAD),
+        "optuna": lambda: run_train(
+            "-m",
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.storage=sqlite:///outputs/optuna.db",
+            "hydra.sweeper.study_name=t",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.n_jobs=1",
+            "hydra.sweeper.direction=maximize",
+            "hydra.sweeper.sampler.seed=0",
+            "model.depth=choice(1,2)",
+            "optimizer.lr=interval(0.001,0.02)",
+            *[o for o in TINY if not o.startswith(("model.depth", "optimizer.lr"))],
+            "trainer.checkpoint=false",
+            f"hydra.sweep.dir={out / 'optuna'}",
+            cwd=tmp,
+            env=ONE_THREAD,
+        ),
     }
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = {name: pool.submit(job) for name, job in jobs.items()}
@@ -150,9 +198,20 @@ def test_missing_optuna_storage_is_a_note_and_creates_nothing(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     make_run(sweep / "0", {"status": "completed", "best_val_acc": 0.5})
     db = tmp_path / "gone.db"
-    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": {
-        "_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
-        "storage": f"sqlite:///{db}", "study_name": "s", "direction": "maximize"}}}))
+    (sweep / "multirun.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "hydra": {
+                    "sweeper": {
+                        "_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+                        "storage": f"sqlite:///{db}",
+                        "study_name": "s",
+                        "direction": "maximize",
+                    }
+                }
+            }
+        )
+    )
     rc, out, err = compare(capsys, sweep, "--format", "json")
     assert rc == 0, err
     (summary,) = json.loads(out)["sweeps"]
@@ -271,16 +330,29 @@ def test_sort_top_where(lab, capsys, monkeypatch):
 
     rc, out, _ = compare(capsys, "--where", "model.n_heads=4", "--where", "status=completed", "--format", "json")
     paths = {r["path"] for r in json.loads(out)["runs"]}
-    expected = {p for p in completed
-                if yaml.safe_load((lab["tmp"] / p / ".hydra" / "config.yaml").read_text())["model"].get("n_heads") == 4}
+    expected = {
+        p
+        for p in completed
+        if yaml.safe_load((lab["tmp"] / p / ".hydra" / "config.yaml").read_text())["model"].get("n_heads") == 4
+    }
     assert paths == expected and len(paths) >= 2  # the grid's n_heads=4 job and the default ViT
 
     rc, out, _ = compare(capsys, "--where", "model=cnn", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [Path(r["path"]).parent.name for r in rows] == ["4-cnn"]
 
-    rc, out, _ = compare(capsys, "outputs/grid", "--where", "test_acc>=0", "--where", "model.n_heads!=4",
-                         "--columns", "path,model.n_heads,test_acc", "--format", "csv")
+    rc, out, _ = compare(
+        capsys,
+        "outputs/grid",
+        "--where",
+        "test_acc>=0",
+        "--where",
+        "model.n_heads!=4",
+        "--columns",
+        "path,model.n_heads,test_acc",
+        "--format",
+        "csv",
+    )
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == 1 and rows[0]["model.n_heads"] == "2"
 
@@ -376,13 +448,16 @@ def test_plots(lab, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args, message", [
-    ([], "no runs under"),
-    (["--where", "model.n_heads"], "expected KEY=VALUE"),
-    (["--sort", "no_such_key"], "unknown key"),
-    (["--where", "model.n_heads=99"], "no run matches"),
-    (["--columns", "path,bogus"], "unknown column"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "no runs under"),
+        (["--where", "model.n_heads"], "expected KEY=VALUE"),
+        (["--sort", "no_such_key"], "unknown key"),
+        (["--where", "model.n_heads=99"], "no run matches"),
+        (["--columns", "path,bogus"], "unknown column"),
+    ],
+)
 def test_errors_are_one_line_and_exit_2(lab, tmp_path, args, message):
     target = [str(tmp_path)] if not args else [str(lab["out"] / "grid")]
     proc = run_module("vit_lab.compare", *target, *args)
@@ -398,8 +473,12 @@ def test_sweep_summary_resolves_interpolated_study_name_and_counts_states(tmp_pa
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(study_name="vit_optuna-mnist", storage=storage, direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        study_name="vit_optuna-mnist",
+        storage=storage,
+        direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
     for i in range(6):
         trial = study.ask()
         depth = trial.suggest_int("model.depth", 1, 6)
@@ -407,12 +486,27 @@ def test_sweep_summary_resolves_interpolated_study_name_and_counts_states(tmp_pa
         state = {4: TrialState.PRUNED, 5: TrialState.FAIL}.get(i, TrialState.COMPLETE)
         study.tell(trial, depth / 10 + lr if state == TrialState.COMPLETE else None, state=state)
     sweep = tmp_path / "sweep"
-    job = make_run(sweep / "0", {"status": "pruned", "reason": "pruned at epoch 1"},
-                   config={"model": {}, "data": {"name": "mnist"}, "trainer": {}, "optimizer": {}})
-    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {
-        "sweeper": {"_target_": "hydra_plugins.vit_lab_sweeper.vit_optuna_sweeper.VitOptunaSweeper",
-                    "storage": storage, "study_name": "vit_optuna-${data.name}", "direction": "maximize"},
-        "runtime": {"choices": {"model": "vit"}}, "overrides": {"task": []}}}))
+    job = make_run(
+        sweep / "0",
+        {"status": "pruned", "reason": "pruned at epoch 1"},
+        config={"model": {}, "data": {"name": "mnist"}, "trainer": {}, "optimizer": {}},
+    )
+    (job / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "hydra": {
+                    "sweeper": {
+                        "_target_": "hydra_plugins.vit_lab_sweeper.vit_optuna_sweeper.VitOptunaSweeper",
+                        "storage": storage,
+                        "study_name": "vit_optuna-${data.name}",
+                        "direction": "maximize",
+                    },
+                    "runtime": {"choices": {"model": "vit"}},
+                    "overrides": {"task": []},
+                }
+            }
+        )
+    )
     (sweep / "optimization_results.yaml").write_text("name: optuna\n")
     rc, out, err = compare(capsys, sweep, "--format", "json")
     assert rc == 0, err
@@ -437,13 +531,36 @@ def make_seed_runs(root: Path) -> dict[str, list[dict]]:
     for model, values in accs.items():
         for seed, acc in enumerate(values):
             status = "failed" if (model, seed) == ("vit", 3) else "completed"
-            m = {"status": status, "test_acc": acc, "best_val_acc": acc + 0.0005, "test_loss": 0.04 - acc / 30,
-                 "n_params": 1000 if model == "vit" else 500, "train_seconds": 300.0 + 7 * seed,
-                 "epochs": 15, "epochs_completed": 15}
-            run = make_run(root / model / f"seed{seed}", m, config={
-                "model": {"_target_": "x"}, "data": {"name": "mnist"}, "trainer": {"seed": seed}, "optimizer": {"lr": 0.1}})
-            (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {
-                "runtime": {"choices": {"model": model}}, "overrides": {"task": [f"trainer.seed={seed}"]}}}))
+            m = {
+                "status": status,
+                "test_acc": acc,
+                "best_val_acc": acc + 0.0005,
+                "test_loss": 0.04 - acc / 30,
+                "n_params": 1000 if model == "vit" else 500,
+                "train_seconds": 300.0 + 7 * seed,
+                "epochs": 15,
+                "epochs_completed": 15,
+            }
+            run = make_run(
+                root / model / f"seed{seed}",
+                m,
+                config={
+                    "model": {"_target_": "x"},
+                    "data": {"name": "mnist"},
+                    "trainer": {"seed": seed},
+                    "optimizer": {"lr": 0.1},
+                },
+            )
+            (run / ".hydra" / "hydra.yaml").write_text(
+                yaml.safe_dump(
+                    {
+                        "hydra": {
+                            "runtime": {"choices": {"model": model}},
+                            "overrides": {"task": [f"trainer.seed={seed}"]},
+                        }
+                    }
+                )
+            )
             if status == "completed":
                 made[model].append(m)
     return made
@@ -455,8 +572,9 @@ def test_group_statistics_equal_direct_numbers(tmp_path, capsys):
     from scipy import stats
 
     made = make_seed_runs(tmp_path)
-    rc, out, err = compare(capsys, tmp_path, "--group-by", "model", "--stats", "test_acc,test_loss,params",
-                           "--test", "--format", "json")
+    rc, out, err = compare(
+        capsys, tmp_path, "--group-by", "model", "--stats", "test_acc,test_loss,params", "--test", "--format", "json"
+    )
     assert rc == 0, err
     doc = json.loads(out)
     groups = {g["values"]["model"]: g for g in doc["groups"]}
@@ -466,29 +584,38 @@ def test_group_statistics_equal_direct_numbers(tmp_path, capsys):
             values = [m[metric] for m in runs]
             st = groups[model]["stats"][metric]
             n, mean, sd = len(values), statistics.mean(values), statistics.stdev(values)
-            half = stats.t.ppf(0.975, n - 1) * sd / n ** 0.5
+            half = stats.t.ppf(0.975, n - 1) * sd / n**0.5
             assert st["n"] == n == (3 if model == "vit" else 4)
             assert st["values"] == values
             assert st["mean"] == pytest.approx(mean, rel=1e-12) and st["std"] == pytest.approx(sd, rel=1e-12)
             assert (st["ci_low"], st["ci_high"]) == pytest.approx((mean - half, mean + half), rel=1e-12)
-        assert groups[model]["stats"]["n_params"] == {"n": len(runs), "mean": runs[0]["n_params"], "std": 0.0,
-                                                       "ci_low": runs[0]["n_params"], "ci_high": runs[0]["n_params"],
-                                                       "values": [runs[0]["n_params"]] * len(runs)}
+        assert groups[model]["stats"]["n_params"] == {
+            "n": len(runs),
+            "mean": runs[0]["n_params"],
+            "std": 0.0,
+            "ci_low": runs[0]["n_params"],
+            "ci_high": runs[0]["n_params"],
+            "values": [runs[0]["n_params"]] * len(runs),
+        }
     (test,) = doc["tests"]
     a, b = [m["test_acc"] for m in made["cnn"]], [m["test_acc"] for m in made["vit"]]
     ref = stats.ttest_ind(b, a, equal_var=False)
     assert (test["a"], test["b"], test["n_a"], test["n_b"]) == ("model=cnn", "model=vit", 4, 3)
     assert test["t"] == ref.statistic and test["p"] == ref.pvalue and test["df"] == ref.df
     va, vb = statistics.variance(a) / 4, statistics.variance(b) / 3  # Welch-Satterthwaite, by hand
-    assert test["df"] == pytest.approx((va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2), rel=1e-9)
+    assert test["df"] == pytest.approx((va + vb) ** 2 / (va**2 / 3 + vb**2 / 2), rel=1e-9)
     assert test["diff"] == pytest.approx(statistics.mean(b) - statistics.mean(a), rel=1e-12)
 
     rc, out, _ = compare(capsys, tmp_path, "--group-by", "model", "--test", "--format", "markdown")
     header, rows = markdown_table(out)
     cnn = groups["cnn"]["stats"]["test_acc"]
     assert header[:4] == ["model", "n", "test acc (mean ± 95% CI)", "test acc sd"]
-    assert rows[0][:4] == ["cnn", "4", f"{100 * cnn['mean']:.2f}% ± {100 * (cnn['ci_high'] - cnn['mean']):.2f}",
-                           f"{100 * cnn['std']:.2f}"]
+    assert rows[0][:4] == [
+        "cnn",
+        "4",
+        f"{100 * cnn['mean']:.2f}% ± {100 * (cnn['ci_high'] - cnn['mean']):.2f}",
+        f"{100 * cnn['std']:.2f}",
+    ]
     assert rows[1][1] == "3 of 4"  # the failed run is listed but not counted
     assert f"{ref.pvalue:.2g}" in out.split("Welch")[1]
 
@@ -519,12 +646,15 @@ def test_sweep_jobs_in_trial_order(tmp_path, capsys):
     assert [Path(r["path"]).name for r in csv.DictReader(io.StringIO(out))] == [str(j) for j in range(12)]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--test"], "go with --group-by"),
-    (["--group-by", "nope"], "no run has this key"),
-    (["--group-by", "model", "--stats", "model"], "pick numeric metrics"),
-    (["--group-by", "model", "--test", "device"], "pick a numeric metric"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--test"], "go with --group-by"),
+        (["--group-by", "nope"], "no run has this key"),
+        (["--group-by", "model", "--stats", "model"], "pick numeric metrics"),
+        (["--group-by", "model", "--test", "device"], "pick a numeric metric"),
+    ],
+)
 def test_group_errors_are_one_line(tmp_path, capsys, args, message):
     make_seed_runs(tmp_path)
     rc, out, err = compare(capsys, tmp_path, *args)
@@ -539,8 +669,12 @@ def _multi_objective_sweep(tmp_path: Path):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(study_name="pareto-mnist", storage=storage, directions=["maximize", "minimize"],
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        study_name="pareto-mnist",
+        storage=storage,
+        directions=["maximize", "minimize"],
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
     study.set_metric_names(["val_acc", "seconds_per_epoch"])
     points = [(0.90, 1.0), (0.95, 2.0), (0.93, 3.0), (0.97, 5.0), (0.96, 5.0), (0.80, 0.5), None, (0.95, 2.5)]
     for p in points:
@@ -549,15 +683,33 @@ def _multi_objective_sweep(tmp_path: Path):
         trial.suggest_categorical("model.patch_size", [4, 7])
         study.tell(trial, list(p) if p else None, state=TrialState.COMPLETE if p else TrialState.FAIL)
     sweep = tmp_path / "sweep"
-    job = make_run(sweep / "0", {"status": "completed", "best_val_acc": 0.9, "test_acc": 0.9},
-                   config={"model": {}, "data": {"name": "mnist"}, "trainer": {}, "optimizer": {}})
-    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {
-        "sweeper": {"_target_": "hydra_plugins.vit_lab_sweeper.vit_optuna_sweeper.VitOptunaSweeper",
-                    "storage": storage, "study_name": "pareto-${data.name}", "direction": ["maximize", "minimize"]},
-        "runtime": {"choices": {"model": "vit"}}, "overrides": {"task": []}}}))
+    job = make_run(
+        sweep / "0",
+        {"status": "completed", "best_val_acc": 0.9, "test_acc": 0.9},
+        config={"model": {}, "data": {"name": "mnist"}, "trainer": {}, "optimizer": {}},
+    )
+    (job / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "hydra": {
+                    "sweeper": {
+                        "_target_": "hydra_plugins.vit_lab_sweeper.vit_optuna_sweeper.VitOptunaSweeper",
+                        "storage": storage,
+                        "study_name": "pareto-${data.name}",
+                        "direction": ["maximize", "minimize"],
+                    },
+                    "runtime": {"choices": {"model": "vit"}},
+                    "overrides": {"task": []},
+                }
+            }
+        )
+    )
     # what hydra-optuna-sweeper writes for a multi-objective study: the Pareto front as `solutions`
-    (sweep / "optimization_results.yaml").write_text(yaml.safe_dump({"name": "optuna", "solutions": [
-        {"params": t.params, "values": t.values} for t in study.best_trials]}))
+    (sweep / "optimization_results.yaml").write_text(
+        yaml.safe_dump(
+            {"name": "optuna", "solutions": [{"params": t.params, "values": t.values} for t in study.best_trials]}
+        )
+    )
     return study, sweep, points
 
 
@@ -565,15 +717,20 @@ def test_multi_objective_sweep_summary_lists_the_pareto_front(tmp_path, capsys):
     study, sweep, points = _multi_objective_sweep(tmp_path)
     done = {i: p for i, p in enumerate(points) if p}
     # non-dominated by hand: no other trial at least as accurate and at most as costly, and better in one
-    front = {i for i, (a, c) in done.items()
-             if not any(a2 >= a and c2 <= c and (a2, c2) != (a, c) for a2, c2 in done.values())}
+    front = {
+        i
+        for i, (a, c) in done.items()
+        if not any(a2 >= a and c2 <= c and (a2, c2) != (a, c) for a2, c2 in done.values())
+    }
     assert front == {0, 1, 3, 5}
     rc, out, err = compare(capsys, sweep, "--format", "json")
     assert rc == 0, err
     (s,) = json.loads(out)["sweeps"]
     assert s["study"] == "pareto-mnist" and s["direction"] == "maximize, minimize"
-    assert s["objectives"] == [{"name": "val_acc", "direction": "maximize"},
-                               {"name": "seconds_per_epoch", "direction": "minimize"}]
+    assert s["objectives"] == [
+        {"name": "val_acc", "direction": "maximize"},
+        {"name": "seconds_per_epoch", "direction": "minimize"},
+    ]
     assert s["trials"]["complete"] == 7 and s["trials"]["fail"] == 1 and s.get("best") is None
     assert [p["trial"] for p in s["pareto"]] == [3, 1, 0, 5]  # most accurate first
     assert s["pareto"][0]["values"] == {"val_acc": 0.97, "seconds_per_epoch": 5.0}
@@ -617,9 +774,22 @@ def test_pareto_plot_of_a_single_objective_sweep_is_one_line(tmp_path):
     study.enqueue_trial({"x": 1.0})
     study.optimize(lambda t: t.suggest_float("x", 0, 2), n_trials=1)
     job = make_run(tmp_path / "sweep" / "0", {"status": "completed", "best_val_acc": 0.5, "test_acc": 0.5})
-    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {
-        "sweeper": {"_target_": "x.OptunaSweeper", "storage": storage, "study_name": "single",
-                    "direction": "maximize"}, "runtime": {"choices": {}}, "overrides": {"task": []}}}))
+    (job / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "hydra": {
+                    "sweeper": {
+                        "_target_": "x.OptunaSweeper",
+                        "storage": storage,
+                        "study_name": "single",
+                        "direction": "maximize",
+                    },
+                    "runtime": {"choices": {}},
+                    "overrides": {"task": []},
+                }
+            }
+        )
+    )
     proc = run_module("vit_lab.compare", str(tmp_path / "sweep"), "--plot", str(tmp_path / "p.png"), "--pareto")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "no multi-objective Optuna study" in proc.stderr and not (tmp_path / "p.png").exists()

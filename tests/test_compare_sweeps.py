@@ -18,10 +18,15 @@ def _study(url: str, name: str):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=name, storage=storages.open_storage(storages.resolve_url(url)),
-                                direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(lambda t: 0.1 * t.suggest_int("model.depth", 1, 6) + t.suggest_float("optimizer.lr", 0, 1e-3),
-                   n_trials=4)
+    study = optuna.create_study(
+        study_name=name,
+        storage=storages.open_storage(storages.resolve_url(url)),
+        direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    study.optimize(
+        lambda t: 0.1 * t.suggest_int("model.depth", 1, 6) + t.suggest_float("optimizer.lr", 0, 1e-3), n_trials=4
+    )
     return study
 
 
@@ -29,12 +34,24 @@ def _sweep(folder: Path, storage: str, name: str) -> Path:
     """A sweep folder as Hydra leaves it: one job and multirun.yaml naming the sweeper's storage."""
     job = folder / "0"
     (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"model": {}, "data": {}, "trainer": {},
-                                                                "optimizer": {}}))
+    (job / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump({"model": {}, "data": {}, "trainer": {}, "optimizer": {}})
+    )
     (job / "metrics.json").write_text(json.dumps({"status": "completed", "best_val_acc": 0.5}))
-    (folder / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": {
-        "_target_": "hydra_plugins.vit_lab_sweeper.vit_optuna_sweeper.VitOptunaSweeper",
-        "storage": storage, "study_name": name, "direction": "maximize"}}}))
+    (folder / "multirun.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "hydra": {
+                    "sweeper": {
+                        "_target_": "hydra_plugins.vit_lab_sweeper.vit_optuna_sweeper.VitOptunaSweeper",
+                        "storage": storage,
+                        "study_name": name,
+                        "direction": "maximize",
+                    }
+                }
+            }
+        )
+    )
     return folder
 
 
@@ -49,8 +66,7 @@ def _summary(capsys, sweep: Path) -> dict:
 def _check(summary: dict, study) -> None:
     assert summary["study"] == study.study_name and summary["note"] == ""
     assert summary["trials"]["complete"] == 4
-    assert summary["best"] == {"trial": study.best_trial.number, "value": study.best_value,
-                               "params": study.best_params}
+    assert summary["best"] == {"trial": study.best_trial.number, "value": study.best_value, "params": study.best_params}
 
 
 def test_a_journal_study_is_summarised_from_a_relative_or_absolute_path(tmp_path, capsys, monkeypatch):

@@ -16,19 +16,32 @@ from vit_lab.compare.__main__ import main
 from vit_lab.compare.plots import time_curve
 
 # (seconds per epoch, validation accuracy per epoch): a fast run, a slow accurate one, one with a missing epoch time
-RUNS = {"fast": (20.0, [0.90, 0.97, 0.985, 0.990]),
-        "slow": (60.0, [0.95, 0.985, 0.992, 0.995, 0.996]),
-        "old": (None, [0.85, 0.95, 0.98])}
+RUNS = {
+    "fast": (20.0, [0.90, 0.97, 0.985, 0.990]),
+    "slow": (60.0, [0.95, 0.985, 0.992, 0.995, 0.996]),
+    "old": (None, [0.85, 0.95, 0.98]),
+}
 
 
 def make_run(path: Path, seconds: float | None, accs: list[float]) -> Path:
     (path / ".hydra").mkdir(parents=True)
-    (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"model": {"_target_": "vit_lab.models.MyViT"},
-                                                                 "trainer": {"epochs": len(accs)}}))
-    (path / "metrics.json").write_text(json.dumps({"status": "completed", "epochs": len(accs),
-                                                   "epochs_completed": len(accs), "best_val_acc": max(accs)}))
-    history = [{"epoch": i + 1, "val_acc": a, "epoch_seconds": seconds if seconds else 30.0,
-                **({"train_seconds": seconds * (i + 1)} if seconds else {})} for i, a in enumerate(accs)]
+    (path / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump({"model": {"_target_": "vit_lab.models.MyViT"}, "trainer": {"epochs": len(accs)}})
+    )
+    (path / "metrics.json").write_text(
+        json.dumps(
+            {"status": "completed", "epochs": len(accs), "epochs_completed": len(accs), "best_val_acc": max(accs)}
+        )
+    )
+    history = [
+        {
+            "epoch": i + 1,
+            "val_acc": a,
+            "epoch_seconds": seconds if seconds else 30.0,
+            **({"train_seconds": seconds * (i + 1)} if seconds else {}),
+        }
+        for i, a in enumerate(accs)
+    ]
     (path / "history.json").write_text(json.dumps(history))
     return path
 
@@ -41,10 +54,14 @@ def colours_drawn(png: Path, n: int) -> list[bool]:
 
 
 def test_time_curve_is_cumulative_minutes():
-    assert time_curve([{"train_seconds": 30, "val_acc": 0.9}, {"train_seconds": 90, "val_acc": 0.95}]) == \
-        [(0.5, 0.9), (1.5, 0.95)]
-    assert time_curve([{"epoch_seconds": 60, "val_acc": 0.9}, {"epoch_seconds": 120, "val_acc": 0.97}]) == \
-        [(1.0, 0.9), (3.0, 0.97)]  # an older history without train_seconds: the epochs' times add up
+    assert time_curve([{"train_seconds": 30, "val_acc": 0.9}, {"train_seconds": 90, "val_acc": 0.95}]) == [
+        (0.5, 0.9),
+        (1.5, 0.95),
+    ]
+    assert time_curve([{"epoch_seconds": 60, "val_acc": 0.9}, {"epoch_seconds": 120, "val_acc": 0.97}]) == [
+        (1.0, 0.9),
+        (3.0, 0.97),
+    ]  # an older history without train_seconds: the epochs' times add up
     assert time_curve([{"epoch_seconds": 60, "val_acc": float("nan")}, {"epoch_seconds": 60}]) == []
 
 
@@ -63,8 +80,9 @@ def test_time_to_accuracy_png_has_one_line_per_run(tmp_path, capsys):
     assert colours_drawn(out2, 4) == [True, True, False, False]
 
 
-@pytest.mark.parametrize("args, message", [(["--time"], "go with --plot"),
-                                           (["--plot", "x.png", "--time", "--history"], "takes one of")])
+@pytest.mark.parametrize(
+    "args, message", [(["--time"], "go with --plot"), (["--plot", "x.png", "--time", "--history"], "takes one of")]
+)
 def test_time_flag_errors_are_one_line(tmp_path, capsys, args, message):
     make_run(tmp_path / "runs" / "a", 10.0, [0.9])
     assert main([str(tmp_path / "runs"), *args]) == 2

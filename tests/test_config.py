@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CONF
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from conftest import CONF
 from vit_lab.config import build
 from vit_lab.data import Dataset
 from vit_lab.errors import ConfigError, ShapeError
 from vit_lab.train import validate_config
 
-GROUPS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-          for group in ("model", "data", "augment", "optimizer", "scheduler", "device", "trainer", "experiment")}
+GROUPS = {
+    group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    for group in ("model", "data", "augment", "optimizer", "scheduler", "device", "trainer", "experiment")
+}
 
 
 def compose_cfg(*overrides: str, hydra_cfg: bool = False):
@@ -56,9 +58,20 @@ def test_default_main_job():
     assert cfg.optimizer._target_ == "torch.optim.AdamW"
     assert cfg.scheduler._target_.endswith("warmup_cosine")
     assert cfg.device.name == "auto" and cfg.data.name == "mnist"
-    for key in ("model.patch_size", "model.depth", "model.n_heads", "model.hidden_d", "model.mlp_ratio",
-                "trainer.epochs", "trainer.batch_size", "trainer.seed", "data.root", "data.train_limit",
-                "data.test_limit", "data.val_size"):
+    for key in (
+        "model.patch_size",
+        "model.depth",
+        "model.n_heads",
+        "model.hidden_d",
+        "model.mlp_ratio",
+        "trainer.epochs",
+        "trainer.batch_size",
+        "trainer.seed",
+        "data.root",
+        "data.train_limit",
+        "data.test_limit",
+        "data.val_size",
+    ):
         assert OmegaConf.select(cfg, key, default="MISSING") != "MISSING", key
 
 
@@ -91,18 +104,21 @@ def test_hydra_output_dirs():
     assert cfg.hydra.sweep.dir.startswith("outputs/multirun/")
 
 
-@pytest.mark.parametrize("override,words", [
-    ("model.patch_size=5", ["model.patch_size=5", "28x28"]),
-    ("model.n_heads=3", ["model.n_heads=3", "model.hidden_d=64"]),
-    ("trainer.epochs=0", ["trainer.epochs=0"]),
-    ("trainer.batch_size=-4", ["trainer.batch_size=-4"]),
-    ("optimizer.lr=0", ["optimizer.lr=0"]),
-    ("optimizer.lr=-1e-3", ["optimizer.lr"]),
-    ("data.val_size=-1", ["data.val_size"]),
-    ("trainer.limit_batches=-1", ["trainer.limit_batches=-1", ">= 0"]),  # ranges the schema's types cannot say
-    ("device.threads=-2", ["device.threads=-2"]),
-    ("trainer.label_smoothing=1.0", ["trainer.label_smoothing=1.0", "< 1"]),
-])
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("model.patch_size=5", ["model.patch_size=5", "28x28"]),
+        ("model.n_heads=3", ["model.n_heads=3", "model.hidden_d=64"]),
+        ("trainer.epochs=0", ["trainer.epochs=0"]),
+        ("trainer.batch_size=-4", ["trainer.batch_size=-4"]),
+        ("optimizer.lr=0", ["optimizer.lr=0"]),
+        ("optimizer.lr=-1e-3", ["optimizer.lr"]),
+        ("data.val_size=-1", ["data.val_size"]),
+        ("trainer.limit_batches=-1", ["trainer.limit_batches=-1", ">= 0"]),  # ranges the schema's types cannot say
+        ("device.threads=-2", ["device.threads=-2"]),
+        ("trainer.label_smoothing=1.0", ["trainer.label_smoothing=1.0", "< 1"]),
+    ],
+)
 def test_bad_values_fail_validation_with_one_line(override, words):
     cfg = compose_cfg(override)
     with pytest.raises(ConfigError) as err:

@@ -70,8 +70,15 @@ def test_shift_and_scale_ranges():
     assert torch.allclose(zoom.sum(dim=(1, 2, 3)), torch.full((32,), 64.0), rtol=1e-4)  # 2x zoom: 4x area
 
 
-@pytest.mark.parametrize("over, key", [({"max_shift": 1.5}, "max_shift"), ({"degrees": -1}, "degrees"),
-                                       ({"scale": (1.2, 0.8)}, "scale"), ({"crop_padding": -1}, "crop_padding")])
+@pytest.mark.parametrize(
+    "over, key",
+    [
+        ({"max_shift": 1.5}, "max_shift"),
+        ({"degrees": -1}, "degrees"),
+        ({"scale": (1.2, 0.8)}, "scale"),
+        ({"crop_padding": -1}, "crop_padding"),
+    ],
+)
 def test_augment_validate(over, key):
     with pytest.raises(ConfigError) as e:
         Augment(enabled=True, **over).validate()
@@ -81,8 +88,16 @@ def test_augment_validate(over, key):
 def test_augment_from_hydra_config():
     from omegaconf import OmegaConf
 
-    conf = OmegaConf.create({"_target_": "vit_lab.data.Augment", "enabled": True, "degrees": 10.0, "scale": [0.9, 1.1],
-                             "max_shift": 0.1, "crop_padding": 2})
+    conf = OmegaConf.create(
+        {
+            "_target_": "vit_lab.data.Augment",
+            "enabled": True,
+            "degrees": 10.0,
+            "scale": [0.9, 1.1],
+            "max_shift": 0.1,
+            "crop_padding": 2,
+        }
+    )
     aug = build(conf)
     aug.validate()
     assert type(aug.scale) is list and aug.active

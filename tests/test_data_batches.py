@@ -20,7 +20,9 @@ AUG = Augment(enabled=True, max_shift=0.1, degrees=20, scale=(0.9, 1.1), crop_pa
 
 def test_batches_cover_epoch_once_and_drop_last():
     x, y = grid()
-    b = Batches(x, y, 5, mean=[0, 0], std=[1, 1], normalize=False, shuffle=True, generator=torch.Generator().manual_seed(0))
+    b = Batches(
+        x, y, 5, mean=[0, 0], std=[1, 1], normalize=False, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     assert len(b) == 5
     ys = [yb for _, yb in b]
     assert [len(t) for t in ys] == [5, 5, 5, 5, 3]
@@ -37,16 +39,17 @@ def test_batches_cover_epoch_once_and_drop_last():
 def test_normalisation_values():
     x = torch.zeros(2, 2, 3, 3, dtype=torch.uint8)
     x[1] = 255
-    (xb, _), = Batches(x, torch.zeros(2, dtype=torch.long), 4, mean=[0.5, 0.1], std=[0.25, 0.2])
+    ((xb, _),) = Batches(x, torch.zeros(2, dtype=torch.long), 4, mean=[0.5, 0.1], std=[0.25, 0.2])
     assert torch.allclose(xb[0, 0], torch.full((3, 3), -2.0)) and torch.allclose(xb[0, 1], torch.full((3, 3), -0.5))
     assert torch.allclose(xb[1, 0], torch.full((3, 3), 2.0)) and torch.allclose(xb[1, 1], torch.full((3, 3), 4.5))
-    (raw, _), = Batches(x, torch.zeros(2, dtype=torch.long), 4, mean=[0.5, 0.1], std=[0.25, 0.2], normalize=False)
+    ((raw, _),) = Batches(x, torch.zeros(2, dtype=torch.long), 4, mean=[0.5, 0.1], std=[0.25, 0.2], normalize=False)
     assert raw.min() == 0 and raw.max() == 1
 
 
 @pytest.mark.parametrize("augment", [None, AUG])
 def test_iter_from_resumes_exactly(augment):
-    """The trainer's protocol: seed, permutation(), save (perm, generator state) mid-epoch, restore, iter_from(k, perm)."""
+    """The trainer's protocol: seed, permutation(), save (perm, generator state) mid-epoch, restore, iter_from(k,
+    perm)."""
     x, y = grid()
     g = torch.Generator()
     b = Batches(x, y, 4, mean=[0.5, 0.5], std=[0.3, 0.3], shuffle=True, augment=augment, generator=g)
@@ -77,7 +80,11 @@ def test_unshuffled_augmentation_differs_per_epoch():
     g = torch.Generator().manual_seed(0)
     b = Batches(x, y, 8, mean=[0, 0], std=[1, 1], augment=AUG, generator=g)
     e1, e2 = list(b), list(b)
-    assert [t.tolist() for _, t in e1] == [t.tolist() for _, t in e2] == [list(range(i, min(i + 8, 23))) for i in (0, 8, 16)]
+    assert (
+        [t.tolist() for _, t in e1]
+        == [t.tolist() for _, t in e2]
+        == [list(range(i, min(i + 8, 23))) for i in (0, 8, 16)]
+    )
     assert not torch.equal(e1[0][0], e2[0][0])
     g.manual_seed(0)
     assert torch.equal(next(iter(b))[0], e1[0][0])
@@ -87,7 +94,18 @@ def test_same_seed_same_augmented_batches():
     x, y = grid()
 
     def epoch(seed):
-        return list(Batches(x, y, 8, mean=[0, 0], std=[1, 1], shuffle=True, augment=AUG, generator=torch.Generator().manual_seed(seed)))
+        return list(
+            Batches(
+                x,
+                y,
+                8,
+                mean=[0, 0],
+                std=[1, 1],
+                shuffle=True,
+                augment=AUG,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        )
 
     a, b, c = epoch(1), epoch(1), epoch(2)
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))

@@ -39,20 +39,29 @@ def test_reads_the_batches_into_uint8_nchw(tmp_path):
     assert np.array_equal(d.test_images[0, 2, 31].numpy(), data[0, -32:])
     # train + val = the five batches, each image with its label
     rows = {r.tobytes(): y for n in CIFAR_TRAIN for r, y in zip(*content[n])}
-    got = {x.numpy().reshape(-1).tobytes(): int(y) for x, y in
-           zip(torch.cat([d.train_images, d.val_images]), torch.cat([d.train_labels, d.val_labels]))}
+    got = {
+        x.numpy().reshape(-1).tobytes(): int(y)
+        for x, y in zip(torch.cat([d.train_images, d.val_images]), torch.cat([d.train_labels, d.val_labels]))
+    }
     assert got == rows
 
 
 def test_the_config_checks_torchvisions_md5s(tmp_path):
     write_cifar(tmp_path, n=4)
     with initialize_config_dir(config_dir=str(CONF)):
-        cfg = compose("config", overrides=["data=cifar10", f"data.root={tmp_path}", "data.download=null", "data.val_size=2"])
+        cfg = compose(
+            "config", overrides=["data=cifar10", f"data.root={tmp_path}", "data.download=null", "data.val_size=2"]
+        )
     ds = build(cfg.data, _convert_="all")
     with pytest.raises(DataError) as e:  # the tests' files are not the real CIFAR-10
         ds.load()
-    one_line_error(e, str(tmp_path / FOLDER / "data_batch_1"), "expected c99cafc152244af753f735de768cd75f",
-                   "data.md5.data_batch_1", "re-download")
+    one_line_error(
+        e,
+        str(tmp_path / FOLDER / "data_batch_1"),
+        "expected c99cafc152244af753f735de768cd75f",
+        "data.md5.data_batch_1",
+        "re-download",
+    )
     ds.md5 = {name: hashlib.md5((tmp_path / FOLDER / name).read_bytes()).hexdigest() for name in ds.md5}
     assert len(ds.load().test_images) == 4
 
@@ -75,16 +84,19 @@ class Evil:
         return os.mkdir, (str(self.path),)
 
 
-@pytest.mark.parametrize("case, fragments", [
-    ("missing", ["cifar10 data not found", "lacks data_batch_3", "data.root=", "data.download=CIFAR10"]),
-    ("truncated", ["data_batch_2", "not a CIFAR-10 python batch", "re-download it"]),
-    ("foreign_global", ["data_batch_2", "not a CIFAR-10 python batch", "mkdir"]),
-    ("not_a_dict", ["data_batch_2", "not a CIFAR-10 python batch (a list, not a dict"]),
-    ("no_data", ["data_batch_2", "'data' must be a uint8 array (N, 3072)", "got NoneType"]),
-    ("wrong_width", ["data_batch_2", "'data' must be a uint8 array (N, 3072)", "(4, 100)"]),
-    ("label_count", ["data_batch_2", "3 labels for 4 images"]),
-    ("label_range", ["data_batch_1", "label 10", "data.num_classes=10"]),
-])
+@pytest.mark.parametrize(
+    "case, fragments",
+    [
+        ("missing", ["cifar10 data not found", "lacks data_batch_3", "data.root=", "data.download=CIFAR10"]),
+        ("truncated", ["data_batch_2", "not a CIFAR-10 python batch", "re-download it"]),
+        ("foreign_global", ["data_batch_2", "not a CIFAR-10 python batch", "mkdir"]),
+        ("not_a_dict", ["data_batch_2", "not a CIFAR-10 python batch (a list, not a dict"]),
+        ("no_data", ["data_batch_2", "'data' must be a uint8 array (N, 3072)", "got NoneType"]),
+        ("wrong_width", ["data_batch_2", "'data' must be a uint8 array (N, 3072)", "(4, 100)"]),
+        ("label_count", ["data_batch_2", "3 labels for 4 images"]),
+        ("label_range", ["data_batch_1", "label 10", "data.num_classes=10"]),
+    ],
+)
 def test_bad_batches_are_one_line_each(tmp_path, case, fragments):
     content = write_cifar(tmp_path, n=4)
     path = tmp_path / FOLDER / "data_batch_2"
@@ -105,7 +117,9 @@ def test_bad_batches_are_one_line_each(tmp_path, case, fragments):
         path.write_bytes(pickle.dumps({"data": data, "labels": labels[:3]}, protocol=2))
     elif case == "label_range":
         first, _ = content["data_batch_1"]
-        (tmp_path / FOLDER / "data_batch_1").write_bytes(pickle.dumps({"data": first, "labels": [10, 0, 0, 0]}, protocol=2))
+        (tmp_path / FOLDER / "data_batch_1").write_bytes(
+            pickle.dumps({"data": first, "labels": [10, 0, 0, 0]}, protocol=2)
+        )
     with pytest.raises(DataError) as e:
         spec(tmp_path).load()
     one_line_error(e, *fragments)
@@ -142,13 +156,16 @@ def test_failed_download_is_a_data_error(tmp_path, monkeypatch):
     one_line_error(e, "lacks data_batch_1", "data.download=CIFAR10 failed", "no network")
 
 
-@pytest.mark.parametrize("over, fragment", [
-    ({"image_size": [28, 28]}, "data.image_size=[28, 28]"),
-    ({"channels": 1, "mean": [0.5], "std": [0.2]}, "data.channels=1"),
-    ({"train_files": []}, "data.train_files=[]"),
-    ({"md5": {"data_batch_1": "xyz"}}, "data.md5="),
-    ({"download": "MNIST"}, "data.download='MNIST' must be null or one of CIFAR10"),
-])
+@pytest.mark.parametrize(
+    "over, fragment",
+    [
+        ({"image_size": [28, 28]}, "data.image_size=[28, 28]"),
+        ({"channels": 1, "mean": [0.5], "std": [0.2]}, "data.channels=1"),
+        ({"train_files": []}, "data.train_files=[]"),
+        ({"md5": {"data_batch_1": "xyz"}}, "data.md5="),
+        ({"download": "MNIST"}, "data.download='MNIST' must be null or one of CIFAR10"),
+    ],
+)
 def test_validate_names_the_key(tmp_path, over, fragment):
     with pytest.raises(ConfigError) as e:
         spec(tmp_path, **over).validate()
@@ -159,9 +176,21 @@ def test_validate_names_the_key(tmp_path, over, fragment):
 def test_trains_the_vit_and_the_cnn_end_to_end(tmp_path):
     """data=cifar10 through the real entry point: the default ViT (patch 4 of 32x32) and the CNN, one multirun."""
     write_cifar(tmp_path / "data", n=16)
-    proc = run_train("-m", "model=vit,cnn", "data=cifar10", f"data.root={tmp_path / 'data'}", "data.md5=null",
-                     "data.download=null", "data.val_size=16", "trainer.epochs=1", "trainer.batch_size=16",
-                     "trainer.progress=false", "device=cpu", f"hydra.sweep.dir={tmp_path / 'multirun'}", timeout=240)
+    proc = run_train(
+        "-m",
+        "model=vit,cnn",
+        "data=cifar10",
+        f"data.root={tmp_path / 'data'}",
+        "data.md5=null",
+        "data.download=null",
+        "data.val_size=16",
+        "trainer.epochs=1",
+        "trainer.batch_size=16",
+        "trainer.progress=false",
+        "device=cpu",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job, model in (("0", "MyViT"), ("1", "SimpleCNN")):
         m = json.loads((tmp_path / "multirun" / job / "metrics.json").read_text())

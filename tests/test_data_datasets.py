@@ -52,8 +52,18 @@ def test_val_size_zero_and_too_large(synth):
 
 
 def test_root_resolution(monkeypatch, tmp_path):
-    ds = IDXDataset(name="m", root=None, subdir="MNIST/raw", files=MNIST_FILES, md5=None, channels=1, image_size=[28, 28],
-                    num_classes=10, mean=[0.1307], std=[0.3081])
+    ds = IDXDataset(
+        name="m",
+        root=None,
+        subdir="MNIST/raw",
+        files=MNIST_FILES,
+        md5=None,
+        channels=1,
+        image_size=[28, 28],
+        num_classes=10,
+        mean=[0.1307],
+        std=[0.3081],
+    )
     monkeypatch.setenv("VIT_LAB_DATA", str(tmp_path / "env"))
     assert ds.resolve_root() == tmp_path / "env"
     monkeypatch.delenv("VIT_LAB_DATA")
@@ -81,14 +91,31 @@ class Ramp(InMemoryDataset):
 
         test_y = torch.arange(self.n_test) % self.num_classes + (self.num_classes if self.bad == "label" else 0)
         test_x = images(self.n_test)[:, :, :-1] if self.bad == "shape" else images(self.n_test)
-        return Arrays(images(self.n_train), torch.arange(self.n_train) % self.num_classes, test_x, test_y,
-                      where={"train_images": str(root / "ramp-train"), "train_labels": str(root / "ramp-train"),
-                             "test_images": str(root / "ramp-test"), "test_labels": str(root / "ramp-labels")})
+        return Arrays(
+            images(self.n_train),
+            torch.arange(self.n_train) % self.num_classes,
+            test_x,
+            test_y,
+            where={
+                "train_images": str(root / "ramp-train"),
+                "train_labels": str(root / "ramp-train"),
+                "test_images": str(root / "ramp-test"),
+                "test_labels": str(root / "ramp-labels"),
+            },
+        )
 
 
 def ramp(tmp_path: Path, **over) -> Ramp:
-    kw = dict(name="ramp", root=str(tmp_path), channels=2, image_size=[4, 3], num_classes=3, mean=[0.5, 0.5], std=[0.2, 0.2],
-              val_size=5)
+    kw = dict(
+        name="ramp",
+        root=str(tmp_path),
+        channels=2,
+        image_size=[4, 3],
+        num_classes=3,
+        mean=[0.5, 0.5],
+        std=[0.2, 0.2],
+        val_size=5,
+    )
     return Ramp(**{**kw, **over})
 
 

@@ -56,16 +56,19 @@ def test_file_md5_is_of_uncompressed_content(tmp_path):
 GOOD = idx_bytes(np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
 
 
-@pytest.mark.parametrize("content, fragment", [
-    (b"\x01\x02" + GOOD[2:], "not an IDX file"),
-    (b"", "not an IDX file"),
-    (idx_bytes(np.zeros((2, 3), np.uint8), code=0x0D), "0x0D"),
-    (GOOD[:-1], "truncated"),
-    (GOOD[:9], "truncated IDX header"),
-    (GOOD + b"\x00\x00", "2 trailing bytes"),
-    (gzip.compress(GOOD)[:-12], "corrupt gzip"),
-    (gzip.compress(GOOD)[:10] + b"\xff" * 20, "corrupt gzip"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"\x01\x02" + GOOD[2:], "not an IDX file"),
+        (b"", "not an IDX file"),
+        (idx_bytes(np.zeros((2, 3), np.uint8), code=0x0D), "0x0D"),
+        (GOOD[:-1], "truncated"),
+        (GOOD[:9], "truncated IDX header"),
+        (GOOD + b"\x00\x00", "2 trailing bytes"),
+        (gzip.compress(GOOD)[:-12], "corrupt gzip"),
+        (gzip.compress(GOOD)[:10] + b"\xff" * 20, "corrupt gzip"),
+    ],
+)
 def test_read_idx_errors(tmp_path, content, fragment):
     path = tmp_path / "bad-file"
     path.write_bytes(content)
@@ -104,7 +107,11 @@ def test_dataset_loads_through_hydra_config(synth):
     assert isinstance(ds, IDXDataset) and ds.chw == (C, H, W) and type(ds.files) is dict
     d = ds.load(seed=1)
     assert isinstance(d, ImageData)
-    assert d.train_images.shape == (20, C, H, W) and d.val_images.shape == (10, C, H, W) and d.test_images.shape == (5, C, H, W)
+    assert (
+        d.train_images.shape == (20, C, H, W)
+        and d.val_images.shape == (10, C, H, W)
+        and d.test_images.shape == (5, C, H, W)
+    )
     assert d.train_images.dtype == torch.uint8 and d.train_labels.dtype == torch.int64
     assert len(d.train_labels) == 20 and len(d.val_labels) == 10 and len(d.test_labels) == 5
     # channels_last files come back as (N,C,H,W) with the same pixels, test set in file order
@@ -147,27 +154,44 @@ def test_shape_must_match_config(synth, tmp_path):
     raw.mkdir(parents=True)
     for k, n in MNIST_FILES.items():
         write_idx(raw / f"{n}.gz", np.zeros((4, 28, 28), np.uint8) if "images" in k else np.arange(4) % 10, gz=True)
-    mn = dict(name="m", root=str(tmp_path), subdir="M/raw", files=MNIST_FILES, md5=None, channels=1, image_size=[28, 28],
-              num_classes=10, mean=[0.1307], std=[0.3081], val_size=1)
+    mn = dict(
+        name="m",
+        root=str(tmp_path),
+        subdir="M/raw",
+        files=MNIST_FILES,
+        md5=None,
+        channels=1,
+        image_size=[28, 28],
+        num_classes=10,
+        mean=[0.1307],
+        std=[0.3081],
+        val_size=1,
+    )
     assert make(mn).load().train_images.shape == (3, 1, 28, 28)  # 3-D files gain a channel dim
     with pytest.raises(DataError) as e:
         make(mn, image_size=[32, 32]).load()
     one_line_error(e, "train-images-idx3-ubyte.gz", "(1, 28, 28)", "data.image_size=[32, 32]")
 
 
-@pytest.mark.parametrize("over, fragment", [
-    ({"val_size": -1}, "data.val_size=-1 must be >= 0"),
-    ({"mean": [0.5]}, "data.mean=[0.5]"),
-    ({"std": [1.0, 0.0, 1.0]}, "data.std="),
-    ({"train_limit": 0}, "data.train_limit=0"),
-    ({"test_limit": -3}, "data.test_limit=-3"),
-    ({"image_size": [8]}, "data.image_size=[8]"),
-    ({"channels": 0}, "data.channels=0"),
-    ({"files": {"train_images": "x"}}, "data.files="),
-    ({"md5": {"train_images": "xyz"}}, "data.md5.train_images='xyz'"),
-    ({"download": "CIFAR10"}, "data.download='CIFAR10'"),
-    ({"download": "KMNIST"}, "data.download='KMNIST' must be null or one of MNIST, FashionMNIST"),  # no config: dropped
-])
+@pytest.mark.parametrize(
+    "over, fragment",
+    [
+        ({"val_size": -1}, "data.val_size=-1 must be >= 0"),
+        ({"mean": [0.5]}, "data.mean=[0.5]"),
+        ({"std": [1.0, 0.0, 1.0]}, "data.std="),
+        ({"train_limit": 0}, "data.train_limit=0"),
+        ({"test_limit": -3}, "data.test_limit=-3"),
+        ({"image_size": [8]}, "data.image_size=[8]"),
+        ({"channels": 0}, "data.channels=0"),
+        ({"files": {"train_images": "x"}}, "data.files="),
+        ({"md5": {"train_images": "xyz"}}, "data.md5.train_images='xyz'"),
+        ({"download": "CIFAR10"}, "data.download='CIFAR10'"),
+        (
+            {"download": "KMNIST"},
+            "data.download='KMNIST' must be null or one of MNIST, FashionMNIST",
+        ),  # no config: dropped
+    ],
+)
 def test_validate_names_the_key(synth, over, fragment):
     cfg, _, _ = synth
     ds = make(cfg, **over)  # constructing never raises (Hydra would wrap the error)
@@ -179,15 +203,34 @@ def test_validate_names_the_key(synth, over, fragment):
 
 
 def mnist_like(tmp_path: Path, download: str | None) -> IDXDataset:
-    return IDXDataset(name="mnist", root=str(tmp_path), subdir="MNIST/raw", files=MNIST_FILES, md5=None, channels=1,
-                      image_size=[28, 28], num_classes=10, mean=[0.1307], std=[0.3081], val_size=2, download=download)
+    return IDXDataset(
+        name="mnist",
+        root=str(tmp_path),
+        subdir="MNIST/raw",
+        files=MNIST_FILES,
+        md5=None,
+        channels=1,
+        image_size=[28, 28],
+        num_classes=10,
+        mean=[0.1307],
+        std=[0.3081],
+        val_size=2,
+        download=download,
+    )
 
 
 def test_missing_data_without_download(tmp_path):
     with pytest.raises(DataError) as e:
         mnist_like(tmp_path, None).load()
-    one_line_error(e, str(tmp_path / "MNIST" / "raw"), "train-images-idx3-ubyte[.gz]", "t10k-labels-idx1-ubyte[.gz]",
-                   "data.root=", "VIT_LAB_DATA", "data.download=MNIST")
+    one_line_error(
+        e,
+        str(tmp_path / "MNIST" / "raw"),
+        "train-images-idx3-ubyte[.gz]",
+        "t10k-labels-idx1-ubyte[.gz]",
+        "data.root=",
+        "VIT_LAB_DATA",
+        "data.download=MNIST",
+    )
     (tmp_path / "MNIST" / "raw").mkdir(parents=True)
     write_idx(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz", np.zeros((3, 28, 28), np.uint8), gz=True)
     with pytest.raises(DataError) as e:  # only the files still missing are named
@@ -232,7 +275,8 @@ def test_successful_download_is_used(tmp_path, monkeypatch):
 def real_root() -> Path:
     root = Path(os.environ.get("VIT_LAB_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
     assert (root / "MD5SUMS.uncompressed").is_file(), (
-        f"real data not found at {root}: set VIT_LAB_DATA to the folder holding MNIST/raw and MD5SUMS.uncompressed")
+        f"real data not found at {root}: set VIT_LAB_DATA to the folder holding MNIST/raw and MD5SUMS.uncompressed"
+    )
     return root
 
 
@@ -240,8 +284,19 @@ def real_dataset(sub: str, mean: float, std: float) -> IDXDataset:
     root = real_root()
     sums = dict(line.split()[::-1] for line in (root / "MD5SUMS.uncompressed").read_text().splitlines() if line.strip())
     md5 = {k: sums[f"{sub}/raw/{n}"] for k, n in MNIST_FILES.items()}
-    return IDXDataset(name=sub.lower(), root=str(root), subdir=f"{sub}/raw", files=MNIST_FILES, md5=md5, channels=1,
-                      image_size=[28, 28], num_classes=10, mean=[mean], std=[std], val_size=5000)
+    return IDXDataset(
+        name=sub.lower(),
+        root=str(root),
+        subdir=f"{sub}/raw",
+        files=MNIST_FILES,
+        md5=md5,
+        channels=1,
+        image_size=[28, 28],
+        num_classes=10,
+        mean=[mean],
+        std=[std],
+        val_size=5000,
+    )
 
 
 @pytest.mark.parametrize("sub, mean, std", [("MNIST", 0.1307, 0.3081), ("FashionMNIST", 0.2860, 0.3530)])

@@ -1,4 +1,5 @@
-"""Tests for vit_lab.data.image_folder on real PNG/JPEG files the tests write: decoding, resizing, the cache, bad folders,
+"""Tests for vit_lab.data.image_folder on real PNG/JPEG files the tests write: decoding, resizing, the cache, bad
+folders,
 and a tiny training run of the ViT and the CNN."""
 
 from __future__ import annotations
@@ -20,8 +21,20 @@ CLASSES = {"cat": 4, "dog": 3, "emu": 5}
 
 
 def spec(tmp_path: Path, **over) -> ImageFolderDataset:
-    kw = dict(name="pics", root=str(tmp_path), train_dir="train", test_dir="test", channels=3, image_size=[12, 10],
-              num_classes=3, mean=[0.5] * 3, std=[0.25] * 3, val_size=2, resize=False, cache_dir=str(tmp_path / "cache"))
+    kw = dict(
+        name="pics",
+        root=str(tmp_path),
+        train_dir="train",
+        test_dir="test",
+        channels=3,
+        image_size=[12, 10],
+        num_classes=3,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        val_size=2,
+        resize=False,
+        cache_dir=str(tmp_path / "cache"),
+    )
     kw.update(over)
     if kw["channels"] == 1 and "mean" not in over:
         kw.update(mean=[0.5], std=[0.25])
@@ -147,18 +160,21 @@ def test_a_corrupt_cache_is_rebuilt(tmp_path, pics):
     assert all(f.stat().st_size > 100 for f in cached_files(tmp_path))
 
 
-@pytest.mark.parametrize("case, fragments", [
-    ("missing", ["nowhere", "image folder not found", "data.train_dir"]),
-    ("no_classes", ["no class folders", "one sub-folder per class"]),
-    ("empty_class", ["train/dog", "class folder has no .png/.jpg/.jpeg files"]),
-    ("unreadable", ["train/cat/000.png", "cannot decode the image", "replace or remove the file"]),
-    ("empty_file", ["train/cat/000.png", "empty file", "replace or remove it"]),
-    ("mixed_sizes", ["train/dog/000.png", "is 9x9", "train/cat/000.png", "mixed sizes", "data.resize=true"]),
-    ("wrong_size", ["is 12x10", "data.image_size=[9, 9]", "set data.image_size=[12, 10]", "data.resize=true"]),
-    ("num_classes", ["3 class folders (cat, dog, emu)", "data.num_classes=4", "set data.num_classes=3"]),
-    ("unknown_test_class", ["test", "yak", "not among the training classes"]),
-    ("test_fraction", ["data.test_fraction=0.01", "leaves 0 test images"]),
-])
+@pytest.mark.parametrize(
+    "case, fragments",
+    [
+        ("missing", ["nowhere", "image folder not found", "data.train_dir"]),
+        ("no_classes", ["no class folders", "one sub-folder per class"]),
+        ("empty_class", ["train/dog", "class folder has no .png/.jpg/.jpeg files"]),
+        ("unreadable", ["train/cat/000.png", "cannot decode the image", "replace or remove the file"]),
+        ("empty_file", ["train/cat/000.png", "empty file", "replace or remove it"]),
+        ("mixed_sizes", ["train/dog/000.png", "is 9x9", "train/cat/000.png", "mixed sizes", "data.resize=true"]),
+        ("wrong_size", ["is 12x10", "data.image_size=[9, 9]", "set data.image_size=[12, 10]", "data.resize=true"]),
+        ("num_classes", ["3 class folders (cat, dog, emu)", "data.num_classes=4", "set data.num_classes=3"]),
+        ("unknown_test_class", ["test", "yak", "not among the training classes"]),
+        ("test_fraction", ["data.test_fraction=0.01", "leaves 0 test images"]),
+    ],
+)
 def test_bad_folders_are_one_line_each(tmp_path, case, fragments):
     write_image_folder(tmp_path / "train", CLASSES)
     write_image_folder(tmp_path / "test", {"dog": 1}, seed=1)
@@ -173,7 +189,9 @@ def test_bad_folders_are_one_line_each(tmp_path, case, fragments):
         for f in (tmp_path / "train" / "dog").iterdir():
             f.rename(f.with_suffix(".txt"))  # files that are not images do not count
     elif case in ("unreadable", "empty_file"):
-        (tmp_path / "train" / "cat" / "000.png").write_bytes(b"" if case == "empty_file" else b"\x89PNG\r\n\x1a\n garbage")
+        (tmp_path / "train" / "cat" / "000.png").write_bytes(
+            b"" if case == "empty_file" else b"\x89PNG\r\n\x1a\n garbage"
+        )
     elif case == "mixed_sizes":
         write_image(tmp_path / "train" / "dog" / "000.png", torch.zeros(3, 9, 9, dtype=torch.uint8))
     elif case == "wrong_size":
@@ -189,13 +207,16 @@ def test_bad_folders_are_one_line_each(tmp_path, case, fragments):
     one_line_error(e, *fragments)
 
 
-@pytest.mark.parametrize("over, fragment", [
-    ({"channels": 2, "mean": [0.5] * 2, "std": [0.2] * 2}, "data.channels=2 must be 1 (grayscale) or 3 (RGB)"),
-    ({"train_dir": ""}, "data.train_dir=''"),
-    ({"test_dir": None, "test_fraction": 1.5}, "data.test_fraction=1.5"),
-    ({"resize": "yes"}, "data.resize='yes' must be true or false"),
-    ({"cache": 1}, "data.cache=1"),
-])
+@pytest.mark.parametrize(
+    "over, fragment",
+    [
+        ({"channels": 2, "mean": [0.5] * 2, "std": [0.2] * 2}, "data.channels=2 must be 1 (grayscale) or 3 (RGB)"),
+        ({"train_dir": ""}, "data.train_dir=''"),
+        ({"test_dir": None, "test_fraction": 1.5}, "data.test_fraction=1.5"),
+        ({"resize": "yes"}, "data.resize='yes' must be true or false"),
+        ({"cache": 1}, "data.cache=1"),
+    ],
+)
 def test_validate_names_the_key(tmp_path, over, fragment):
     with pytest.raises(ConfigError) as e:
         spec(tmp_path, **over).validate()
@@ -207,9 +228,19 @@ def test_trains_the_vit_and_the_cnn_end_to_end(tmp_path):
     """data=image_folder through the real entry point, both models in one multirun; then a bad folder is one line."""
     write_image_folder(tmp_path / "pics" / "train", {"a": 12, "b": 12, "c": 12}, hw=(20, 24))
     write_image_folder(tmp_path / "pics" / "test", {"a": 4, "b": 4, "c": 4}, hw=(36, 32), seed=1, suffix=".jpg")
-    common = ["data=image_folder", f"data.root={tmp_path / 'pics'}", "data.train_dir=train", "data.test_dir=test",
-              "data.num_classes=3", "data.val_size=6", f"data.cache_dir={tmp_path / 'cache'}", "trainer.epochs=1",
-              "trainer.batch_size=10", "trainer.progress=false", "device=cpu"]
+    common = [
+        "data=image_folder",
+        f"data.root={tmp_path / 'pics'}",
+        "data.train_dir=train",
+        "data.test_dir=test",
+        "data.num_classes=3",
+        "data.val_size=6",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "trainer.epochs=1",
+        "trainer.batch_size=10",
+        "trainer.progress=false",
+        "device=cpu",
+    ]
     proc = run_train("-m", "model=vit,cnn", *common, f"hydra.sweep.dir={tmp_path / 'multirun'}", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job in ("0", "1"):

@@ -8,11 +8,10 @@ import json
 
 import pytest
 import torch
+from conftest import one_epoch_cfg
 
 from vit_lab import device as dev
 from vit_lab.errors import ConfigError, DeviceError
-
-from conftest import one_epoch_cfg
 
 
 @pytest.fixture
@@ -92,8 +91,10 @@ def test_fp16_is_refused_with_its_reason():
     assert "gradient scaler" in message and "device.precision=bf16" in message
 
 
-XEON_FLAGS = ("fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ss "
-              "ht syscall nx pdpe1gb rdtscp lm constant_tsc avx2 avx512f avx512dq avx512cd avx512bw avx512vl")
+XEON_FLAGS = (
+    "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ss "
+    "ht syscall nx pdpe1gb rdtscp lm constant_tsc avx2 avx512f avx512dq avx512cd avx512bw avx512vl"
+)
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
 model name\t: Intel(R) Xeon(R) Platinum 8480+ (with bf16 and amx in its name, which must not count)
@@ -105,8 +106,15 @@ flags\t\t: {flags}
 """
 
 
-@pytest.mark.parametrize("extra, has", [("", False), (" avx512_bf16", True), (" amx_bf16 amx_tile amx_int8", True),
-                                        (" avx512_vnni amx_tile amx_int8", False)])
+@pytest.mark.parametrize(
+    "extra, has",
+    [
+        ("", False),
+        (" avx512_bf16", True),
+        (" amx_bf16 amx_tile amx_int8", True),
+        (" avx512_vnni amx_tile amx_int8", False),
+    ],
+)
 def test_cpuinfo_bf16_flags(extra, has):
     assert dev.cpuinfo_has_bf16(CPUINFO.format(flags=XEON_FLAGS + extra)) is has
 
@@ -126,8 +134,11 @@ def test_auto_precision_follows_the_hardware(monkeypatch, has_bf16):
     assert dev.resolve_precision(torch.device("mps"), "auto") == "fp32"
     assert dev.resolve_precision(torch.device("cpu"), "bf16") == "bf16"  # an explicit name stays
     ctx = dev.autocast(torch.device("cpu"), "auto")
-    assert (isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16) if has_bf16 else \
-        isinstance(ctx, contextlib.nullcontext)
+    assert (
+        (isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16)
+        if has_bf16
+        else isinstance(ctx, contextlib.nullcontext)
+    )
     with pytest.raises(ConfigError, match="auto"):
         dev.resolve_precision(torch.device("cpu"), "bf32")  # the message lists auto among the choices
 
@@ -198,6 +209,7 @@ def test_trainer_keeps_the_dataset_on_the_accelerator(mnist_root, tmp_path, monk
             if "device" in kwargs:
                 kwargs["device"] = _cuda_as_cpu(kwargs["device"])
             return real(*args, **kwargs)
+
         return make
 
     tuned = []
@@ -214,7 +226,8 @@ def test_trainer_keeps_the_dataset_on_the_accelerator(mnist_root, tmp_path, monk
     # the six dataset tensors crossed once, as uint8 images and int64 labels, before any batch
     first_six = moved[:6]
     assert (1024, 1, 28, 28) in [s for s, _ in first_six] and all(
-        dt == torch.uint8 for s, dt in first_six if len(s) == 4)
+        dt == torch.uint8 for s, dt in first_six if len(s) == 4
+    )
     assert sum(1 for s, dt in moved if s == (1024, 1, 28, 28) and dt == torch.uint8) == 1
     assert tuned == []  # glibc tuning is for CPU runs only
 
@@ -253,8 +266,12 @@ def test_tune_malloc_stops_page_faulting_freed_activations():
     import subprocess
     import sys
 
-    per_alloc = {mode: int(subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True,
-                                          check=True).stdout) for mode in ("default", "tuned")}
+    per_alloc = {
+        mode: int(
+            subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True).stdout
+        )
+        for mode in ("default", "tuned")
+    }
     assert per_alloc["default"] > 1000  # 20 MiB a step = 5,120 pages; glibc keeps some of them
     assert per_alloc["tuned"] < per_alloc["default"] / 10
 

@@ -8,12 +8,11 @@ import signal
 
 import pytest
 import torch
+from conftest import one_epoch_cfg
 from omegaconf import OmegaConf
 
 from vit_lab.ema import EMA, build_ema, warmup_decay
 from vit_lab.errors import ConfigError, Interrupted
-
-from conftest import one_epoch_cfg
 
 
 def test_warmup_decay_is_short_at_first_then_the_configured_decay():

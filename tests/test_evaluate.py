@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import TINY, run_module, run_train
 from fake_runs import CNN, compose, fake_run
+
 from vit_lab.evaluate import main
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -30,7 +30,9 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("evaluate")
     runs = {"vit": (TINY, out / "vit"), "cnn": (CNN, out / "cnn")}
     with ThreadPoolExecutor(2) as pool:
-        procs = {k: pool.submit(run_train, *args, f"hydra.run.dir={d}", env=ONE_THREAD) for k, (args, d) in runs.items()}
+        procs = {
+            k: pool.submit(run_train, *args, f"hydra.run.dir={d}", env=ONE_THREAD) for k, (args, d) in runs.items()
+        }
         for f in procs.values():
             assert f.result().returncode == 0, f.result().stderr[-2000:]
     return {k: d for k, (_, d) in runs.items()}

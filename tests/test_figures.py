@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import matplotlib.image as mpimg
-
 from conftest import run_module
 from fake_runs import CNN, fake_run
 
@@ -27,10 +26,17 @@ def sweep_folder(root: Path) -> Path:
     """Six hand-made completed trials and a pruned one (left out of the plot)."""
     import yaml
 
-    for i, (ps, depth, heads) in enumerate([(4, 2, 2), (4, 4, 4), (7, 2, 4), (7, 6, 8), (14, 4, 2), (7, 4, 2), (4, 6, 8)]):
+    for i, (ps, depth, heads) in enumerate(
+        [(4, 2, 2), (4, 4, 4), (7, 2, 4), (7, 6, 8), (14, 4, 2), (7, 4, 2), (4, 6, 8)]
+    ):
         run = root / str(i)
         (run / ".hydra").mkdir(parents=True)
-        cfg = {"model": {"patch_size": ps, "depth": depth, "n_heads": heads}, "data": {}, "trainer": {}, "optimizer": {}}
+        cfg = {
+            "model": {"patch_size": ps, "depth": depth, "n_heads": heads},
+            "data": {},
+            "trainer": {},
+            "optimizer": {},
+        }
         (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
         status = "pruned" if i == 6 else "completed"
         (run / "metrics.json").write_text(json.dumps({"status": status, "best_val_acc": 0.8 + 0.01 * i}))
@@ -46,8 +52,17 @@ def drawn(path: Path, size: tuple[int, int] | None = None) -> None:
 
 def test_figures_and_report(tmp_path):
     runs = seed_folder(tmp_path / "seed")
-    proc = run_module("vit_lab.figures", "--runs", str(runs), "--out", str(tmp_path / "docs"), "--deletion", "20",
-                      "--sweep", str(sweep_folder(tmp_path / "sweep")))
+    proc = run_module(
+        "vit_lab.figures",
+        "--runs",
+        str(runs),
+        "--out",
+        str(tmp_path / "docs"),
+        "--deletion",
+        "20",
+        "--sweep",
+        str(sweep_folder(tmp_path / "sweep")),
+    )
     assert proc.returncode == 0, proc.stderr
     drawn(tmp_path / "docs" / "sweep.png", (1200, 360))
     docs = tmp_path / "docs"
@@ -58,8 +73,11 @@ def test_figures_and_report(tmp_path):
         drawn(docs / name)
     assert "no --sweep given" not in proc.stdout and "6 completed trials" in proc.stdout
 
-    evals = {(row, s): json.loads((runs / row / f"seed{s}" / "eval.json").read_text())
-             for row in ("3-vit", "4-cnn") for s in (0, 1)}
+    evals = {
+        (row, s): json.loads((runs / row / f"seed{s}" / "eval.json").read_text())
+        for row in ("3-vit", "4-cnn")
+        for s in (0, 1)
+    }
     for s in (0, 1):
         vit, cnn = set(evals["3-vit", s]["misclassified"]), set(evals["4-cnn", s]["misclassified"])
         assert f"seed {s}: ViT wrong on {len(vit)}, CNN on {len(cnn)}, both on {len(vit & cnn)} " in proc.stdout

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, TINY, one_epoch_cfg, run_train
 from omegaconf import open_dict
 
-from conftest import REPO, TINY, one_epoch_cfg, run_train
 from vit_lab.callbacks import Callback
 from vit_lab.errors import ConfigError, Diverged, Interrupted
 from vit_lab.loggers import flat_config
@@ -129,8 +129,12 @@ def store(tmp_path_factory) -> str:
 
 
 def mlflow_cfg(store: str, experiment: str, *overrides: str):
-    return one_epoch_cfg("logger=mlflow", f"logger.mlflow.tracking_uri={store}",
-                         f"logger.mlflow.experiment_name={experiment}", *overrides)
+    return one_epoch_cfg(
+        "logger=mlflow",
+        f"logger.mlflow.tracking_uri={store}",
+        f"logger.mlflow.experiment_name={experiment}",
+        *overrides,
+    )
 
 
 def only_run(store: str, experiment: str):
@@ -205,13 +209,26 @@ def test_a_pruned_sweep_is_one_experiment_with_killed_runs(tmp_path):
     from mlflow import MlflowClient
 
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = run_train("-m", "hparams_search=vit_optuna", *TINY, "trainer.epochs=3", "logger=[tensorboard,mlflow]",
-                     f"logger.mlflow.tracking_uri={store}", "hydra/sweeper/pruner=threshold",
-                     "hydra.sweeper.pruner.lower=0.99", f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
-                     "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", f"hydra.sweep.dir={tmp_path}/sweep")
+    proc = run_train(
+        "-m",
+        "hparams_search=vit_optuna",
+        *TINY,
+        "trainer.epochs=3",
+        "logger=[tensorboard,mlflow]",
+        f"logger.mlflow.tracking_uri={store}",
+        "hydra/sweeper/pruner=threshold",
+        "hydra.sweeper.pruner.lower=0.99",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=1",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=store)
-    assert {e.name for e in client.search_experiments()} == {"Default", "vit_optuna-mnist"}  # the study (and MLflow's own)
+    assert {e.name for e in client.search_experiments()} == {
+        "Default",
+        "vit_optuna-mnist",
+    }  # the study (and MLflow's own)
     runs = client.search_runs([client.get_experiment_by_name("vit_optuna-mnist").experiment_id])
     assert len(runs) == 2
     for run in runs:
@@ -243,8 +260,9 @@ def serving(args: list[str], ready: str, log: Path, timeout: float = 60, cwd: Pa
     """Start a server from this venv's scripts, wait until ``ready`` answers, stop it at the end."""
     script = Path(sys.executable).with_name(args[0])
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(script), *args[1:]], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [str(script), *args[1:]], cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + timeout
         while fetch(ready) is None:
@@ -283,24 +301,47 @@ def test_tensorboard_server_shows_the_run(lab, tmp_path):
     train(one_epoch_cfg("logger=tensorboard"), run_dir)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with serving(["tensorboard", "--logdir", str(tmp_path / "logs"), "--host", "127.0.0.1", "--port", str(port)],
-                 f"{base}/data/runs", tmp_path / "tensorboard.log"):
+    with serving(
+        ["tensorboard", "--logdir", str(tmp_path / "logs"), "--host", "127.0.0.1", "--port", str(port)],
+        f"{base}/data/runs",
+        tmp_path / "tensorboard.log",
+    ):
         assert wait_for(lambda: "run-a" in json.loads(fetch(f"{base}/data/runs") or "[]")), fetch(f"{base}/data/runs")
         points = json.loads(wait_for(lambda: fetch(f"{base}/data/plugin/scalars/scalars?run=run-a&tag=val/acc")))
     history = read(run_dir / "history.json")
-    assert [(step, value) for _, step, value in points] == [(r["epoch"], pytest.approx(r["val_acc"], rel=1e-6))
-                                                           for r in history]
+    assert [(step, value) for _, step, value in points] == [
+        (r["epoch"], pytest.approx(r["val_acc"], rel=1e-6)) for r in history
+    ]
 
 
 @pytest.mark.slow
 def test_mlflow_server_receives_a_run_from_the_command(tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    args = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
-            str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    args = [
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path}/server.db",
+        "--artifacts-destination",
+        str(tmp_path / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with serving(args, f"{base}/health", tmp_path / "mlflow.log", cwd=tmp_path):
-        proc = run_train(*TINY, "trainer.epochs=1", "logger=mlflow", f"logger.mlflow.tracking_uri={base}",
-                         f"hydra.run.dir={tmp_path / 'run'}", cwd=REPO, timeout=120)
+        proc = run_train(
+            *TINY,
+            "trainer.epochs=1",
+            "logger=mlflow",
+            f"logger.mlflow.tracking_uri={base}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            cwd=REPO,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         experiment = get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=vit_lab")["experiment"]
         runs = get(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
@@ -310,5 +351,8 @@ def test_mlflow_server_receives_a_run_from_the_command(tmp_path):
     assert len(runs) == 1 and runs[0]["info"]["status"] == "FINISHED"
     m = read(tmp_path / "run" / "metrics.json")
     metrics = {x["key"]: x["value"] for x in runs[0]["data"]["metrics"]}
-    assert metrics["test_acc"] == m["test_acc"] and metrics["val_acc"] == read(tmp_path / "run" / "history.json")[-1]["val_acc"]
+    assert (
+        metrics["test_acc"] == m["test_acc"]
+        and metrics["val_acc"] == read(tmp_path / "run" / "history.json")[-1]["val_acc"]
+    )
     assert {"metrics.json", "history.json", ".hydra"} <= files

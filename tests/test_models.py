@@ -20,13 +20,22 @@ def loop_patchify(images: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
     for idx, image in enumerate(images):
         for i in range(rows):
             for j in range(cols):
-                patch = image[:, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw]
+                patch = image[:, i * ph : (i + 1) * ph, j * pw : (j + 1) * pw]
                 patches[idx, i * cols + j] = patch.flatten()
     return patches
 
 
-@pytest.mark.parametrize("shape,patch", [((2, 1, 28, 28), 4), ((2, 1, 28, 28), 7), ((3, 3, 12, 8), 4),
-                                         ((1, 2, 6, 9), (3, 3)), ((2, 3, 8, 12), (4, 6)), ((1, 1, 5, 5), 1)])
+@pytest.mark.parametrize(
+    "shape,patch",
+    [
+        ((2, 1, 28, 28), 4),
+        ((2, 1, 28, 28), 7),
+        ((3, 3, 12, 8), 4),
+        ((1, 2, 6, 9), (3, 3)),
+        ((2, 3, 8, 12), (4, 6)),
+        ((1, 1, 5, 5), 1),
+    ],
+)
 def test_patchify_matches_tutorial_loop(shape, patch):
     x = torch.randn(shape)
     ph, pw = (patch, patch) if isinstance(patch, int) else patch
@@ -55,9 +64,9 @@ def loop_tutorial_msa(msa: MyMSA, x: torch.Tensor) -> torch.Tensor:
         heads = []
         for h in range(msa.n_heads):
             w, b = msa.qkv_weight[h], msa.qkv_bias[h]
-            s = seq[:, h * dh:(h + 1) * dh]
+            s = seq[:, h * dh : (h + 1) * dh]
             q, k, v = (s @ w[i].T + b[i] for i in range(3))
-            attn = torch.softmax(q @ k.T / dh ** 0.5, dim=-1)
+            attn = torch.softmax(q @ k.T / dh**0.5, dim=-1)
             heads.append(attn @ v)
         out.append(torch.hstack(heads))
     return torch.stack(out)
@@ -71,7 +80,7 @@ def loop_fused_msa(msa: MyMSA, x: torch.Tensor) -> torch.Tensor:
     heads = []
     for h in range(msa.n_heads):
         sl = slice(h * dh, (h + 1) * dh)
-        attn = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) / dh ** 0.5, dim=-1)
+        attn = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) / dh**0.5, dim=-1)
         heads.append(attn @ v[..., sl])
     return msa.proj(torch.cat(heads, dim=-1))
 
@@ -239,13 +248,30 @@ def test_tutorial_model_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 1642
 
 
-@pytest.mark.parametrize("chw,patch,pool,pos", [((1, 28, 28), 4, "cls", "sinusoidal"), ((1, 28, 28), 7, "mean", "learned"),
-                                                ((3, 32, 32), 8, "cls", "learned"), ((3, 12, 20), (4, 5), "mean", "sinusoidal"),
-                                                ((2, 9, 9), 3, "cls", "sinusoidal")])
+@pytest.mark.parametrize(
+    "chw,patch,pool,pos",
+    [
+        ((1, 28, 28), 4, "cls", "sinusoidal"),
+        ((1, 28, 28), 7, "mean", "learned"),
+        ((3, 32, 32), 8, "cls", "learned"),
+        ((3, 12, 20), (4, 5), "mean", "sinusoidal"),
+        ((2, 9, 9), 3, "cls", "sinusoidal"),
+    ],
+)
 @pytest.mark.parametrize("attention", ["fused", "tutorial"])
 def test_shapes_and_backward(chw, patch, pool, pos, attention):
-    model = MyViT(chw, patch_size=patch, depth=2, hidden_d=12, n_heads=3, out_d=7, pool=pool, pos_embed=pos,
-                  attention=attention, dropout=0.1)
+    model = MyViT(
+        chw,
+        patch_size=patch,
+        depth=2,
+        hidden_d=12,
+        n_heads=3,
+        out_d=7,
+        pool=pool,
+        pos_embed=pos,
+        attention=attention,
+        dropout=0.1,
+    )
     out = model(torch.randn(4, *chw))
     assert out.shape == (4, 7)
     out.sum().backward()
@@ -269,14 +295,17 @@ def test_double_softmax_floor():
     assert F.cross_entropy(probs, torch.tensor([3])).item() == pytest.approx(math.log(1 + 9 / math.e), abs=1e-6)
 
 
-@pytest.mark.parametrize("kwargs,words", [
-    (dict(patch_size=5), ["patch_size=5", "28x28", "[1, 2, 4, 7, 14, 28]"]),
-    (dict(patch_size=(4, 6)), ["patch_size=[4,6]"]),
-    (dict(hidden_d=10, n_heads=4), ["n_heads=4", "hidden_d=10", "[1, 2, 5, 10]"]),
-    (dict(depth=0), ["depth=0"]),
-    (dict(pool="max"), ["pool"]),
-    (dict(attention="linear"), ["linear"]),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(patch_size=5), ["patch_size=5", "28x28", "[1, 2, 4, 7, 14, 28]"]),
+        (dict(patch_size=(4, 6)), ["patch_size=[4,6]"]),
+        (dict(hidden_d=10, n_heads=4), ["n_heads=4", "hidden_d=10", "[1, 2, 5, 10]"]),
+        (dict(depth=0), ["depth=0"]),
+        (dict(pool="max"), ["pool"]),
+        (dict(attention="linear"), ["linear"]),
+    ],
+)
 def test_shape_errors_name_the_values(kwargs, words):
     with pytest.raises(ShapeError) as err:
         MyViT((1, 28, 28), **kwargs)

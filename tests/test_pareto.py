@@ -35,9 +35,19 @@ def compose_pareto(*overrides: str):
 
 
 def pareto_args(tmp_path: Path, *extra: str, trials: int = 8) -> list[str]:
-    return ["-m", "hparams_search=vit_pareto", *FIXED, *SPACE, "trainer.epochs=1", "logger=none",
-            f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", f"hydra.sweeper.n_trials={trials}",
-            "hydra.sweeper.max_failure_rate=1.0", f"hydra.sweep.dir={tmp_path}/pareto", *extra]
+    return [
+        "-m",
+        "hparams_search=vit_pareto",
+        *FIXED,
+        *SPACE,
+        "trainer.epochs=1",
+        "logger=none",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+        f"hydra.sweeper.n_trials={trials}",
+        "hydra.sweeper.max_failure_rate=1.0",
+        f"hydra.sweep.dir={tmp_path}/pareto",
+        *extra,
+    ]
 
 
 def compare(capsys, *args) -> tuple[int, str, str]:

@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-from torchvision.io import write_jpeg, write_png
-
 from conftest import run_module
 from fake_runs import compose, fake_run
+from torchvision.io import write_jpeg, write_png
+
 from vit_lab.evaluate import load, normalise, probabilities
 from vit_lab.predict import read_image
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from vit_lab.data import IDXDataset, read_idx
 from vit_lab.errors import DataError, ShapeError
@@ -57,7 +58,9 @@ def test_patchify_round_trip(shape, b):
     assert torch.equal(unpatchify(tokens, (c, h, w), ph, pw), x)
     # token i * (W/pw) + j is patch (i, j), flattened channel-major: the tutorial's order
     i, j = (h // ph) - 1, 0
-    assert torch.equal(tokens[:, i * (w // pw) + j], x[:, :, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw].reshape(b, -1))
+    assert torch.equal(
+        tokens[:, i * (w // pw) + j], x[:, :, i * ph : (i + 1) * ph, j * pw : (j + 1) * pw].reshape(b, -1)
+    )
 
 
 @SETTINGS
@@ -71,8 +74,11 @@ def test_patchify_non_divisor_is_a_shape_error(c, h, w, ph, pw):
 
 # ------------------------------------------------------------------------------------------------ the model
 
-MODEL_OPTIONS = dict(attention=st.sampled_from(["fused", "tutorial"]), pool=st.sampled_from(["cls", "mean"]),
-                     pos_embed=st.sampled_from(["learned", "sinusoidal"]))
+MODEL_OPTIONS = dict(
+    attention=st.sampled_from(["fused", "tutorial"]),
+    pool=st.sampled_from(["cls", "mean"]),
+    pos_embed=st.sampled_from(["learned", "sinusoidal"]),
+)
 
 
 @st.composite
@@ -80,9 +86,16 @@ def valid_vits(draw):
     c, h, w, patch, ph, pw = draw(patch_shapes())
     heads = draw(st.integers(1, 4))
     width = heads * draw(st.integers(1, 4))
-    return dict(chw=(c, h, w), patch_size=patch, hidden_d=width, n_heads=heads, depth=draw(st.integers(1, 2)),
-                out_d=draw(st.integers(1, 11)), mlp_ratio=draw(st.sampled_from([1.0, 1.5, 2.0])),
-                **{k: draw(v) for k, v in MODEL_OPTIONS.items()})
+    return dict(
+        chw=(c, h, w),
+        patch_size=patch,
+        hidden_d=width,
+        n_heads=heads,
+        depth=draw(st.integers(1, 2)),
+        out_d=draw(st.integers(1, 11)),
+        mlp_ratio=draw(st.sampled_from([1.0, 1.5, 2.0])),
+        **{k: draw(v) for k, v in MODEL_OPTIONS.items()},
+    )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # the slowest property
@@ -98,8 +111,17 @@ def test_valid_vit_shapes_work(kwargs, b):
 
 
 @SETTINGS
-@given(st.integers(1, 3), st.integers(1, 16), st.integers(1, 16), st.integers(-1, 9), st.integers(-1, 9),
-       st.integers(-2, 12), st.integers(-1, 6), st.integers(-1, 2), st.sampled_from([-1.0, 0.0, 0.5, 2.0]))
+@given(
+    st.integers(1, 3),
+    st.integers(1, 16),
+    st.integers(1, 16),
+    st.integers(-1, 9),
+    st.integers(-1, 9),
+    st.integers(-2, 12),
+    st.integers(-1, 6),
+    st.integers(-1, 2),
+    st.sampled_from([-1.0, 0.0, 0.5, 2.0]),
+)
 def test_any_vit_shape_builds_or_raises_shape_error(c, h, w, ph, pw, width, heads, depth, mlp_ratio):
     """Random, mostly invalid combinations: a ShapeError naming a model key, or a model that runs."""
     kwargs = dict(chw=(c, h, w), patch_size=(ph, pw), hidden_d=width, n_heads=heads, depth=depth, mlp_ratio=mlp_ratio)
@@ -137,7 +159,9 @@ def idx_bytes(arr: np.ndarray) -> bytes:
 
 arrays = st.lists(st.integers(0, 5), min_size=1, max_size=4).flatmap(
     lambda dims: st.binary(min_size=int(np.prod(dims)), max_size=int(np.prod(dims))).map(
-        lambda b: np.frombuffer(b, dtype=np.uint8).reshape(dims)))
+        lambda b: np.frombuffer(b, dtype=np.uint8).reshape(dims)
+    )
+)
 
 
 @st.composite
@@ -146,7 +170,7 @@ def corruptions(draw, content: bytes):
     kind = draw(st.sampled_from(["truncate", "append", "insert", "delete", "overwrite", "replace"]))
     n = len(content)
     if kind == "truncate":
-        return kind, content[:draw(st.integers(0, n - 1))]
+        return kind, content[: draw(st.integers(0, n - 1))]
     if kind == "append":
         return kind, content + draw(st.binary(min_size=1, max_size=16))
     if kind == "replace":
@@ -155,9 +179,9 @@ def corruptions(draw, content: bytes):
     if kind == "insert":
         return kind, content[:i] + draw(st.binary(min_size=1, max_size=8)) + content[i:]
     if kind == "delete":
-        return kind, content[:i] + content[i + draw(st.integers(1, 8)):]
+        return kind, content[:i] + content[i + draw(st.integers(1, 8)) :]
     new = draw(st.binary(min_size=1, max_size=4))
-    return kind, content[:i] + new + content[i + len(new):]
+    return kind, content[:i] + new + content[i + len(new) :]
 
 
 def _write(content: bytes) -> Path:
@@ -187,8 +211,18 @@ def test_corrupted_idx_is_a_data_error_or_the_exact_data(arr, gz, data):
             if gz or kind in ("truncate", "append"):
                 assert t.shape == arr.shape and np.array_equal(t.numpy(), arr), kind
         # 2. the dataset's reader, with the md5 of the good content (as conf/data/*.yaml has): error or exact data
-        spec = IDXDataset(name="t", root=None, subdir="", files={}, md5={"train_images": hashlib.md5(good).hexdigest()},
-                          channels=1, image_size=[1, 1], num_classes=10, mean=[0.0], std=[1.0])
+        spec = IDXDataset(
+            name="t",
+            root=None,
+            subdir="",
+            files={},
+            md5={"train_images": hashlib.md5(good).hexdigest()},
+            channels=1,
+            image_size=[1, 1],
+            num_classes=10,
+            mean=[0.0],
+            std=[1.0],
+        )
         try:
             t = spec._read("train_images", path)
         except DataError as e:
@@ -210,7 +244,7 @@ def test_random_bytes_never_crash_the_reader(blob, gz):
     else:  # random bytes that happen to be a valid IDX file: the header describes exactly the payload
         raw = blob
         ndim = raw[3]
-        dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-        assert tuple(t.shape) == dims and t.numpy().tobytes() == raw[4 + 4 * ndim:]
+        dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+        assert tuple(t.shape) == dims and t.numpy().tobytes() == raw[4 + 4 * ndim :]
     finally:
         path.unlink()

@@ -21,15 +21,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CONF, REPO, data_root, run_train
 from omegaconf import OmegaConf
 
-from conftest import CONF, REPO, data_root, run_train
 from vit_lab import train as train_mod
 from vit_lab.cli import cli, one_line
 from vit_lab.io import atomic_write, write_json
 
-NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-         "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+NAMES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -43,8 +47,12 @@ def idx_bytes(arr: np.ndarray) -> bytes:
 def fake_mnist(root: Path, n_train: int = 96, n_test: int = 32, gz: bool = True, **arrays: np.ndarray) -> Path:
     """An MNIST-layout root (root/MNIST/raw) of random 28x28 images; ``arrays`` replace any of the four files."""
     rng = np.random.default_rng(0)
-    data = {"train_images": rng.integers(0, 256, (n_train, 28, 28)), "train_labels": np.arange(n_train) % 10,
-            "test_images": rng.integers(0, 256, (n_test, 28, 28)), "test_labels": np.arange(n_test) % 10}
+    data = {
+        "train_images": rng.integers(0, 256, (n_train, 28, 28)),
+        "train_labels": np.arange(n_train) % 10,
+        "test_images": rng.integers(0, 256, (n_test, 28, 28)),
+        "test_labels": np.arange(n_test) % 10,
+    }
     data.update(arrays)
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -55,9 +63,21 @@ def fake_mnist(root: Path, n_train: int = 96, n_test: int = 32, gz: bool = True,
 
 
 def fake_overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [f"data.root={root}", "data.md5=null", "data.download=null", "data.val_size=16", "trainer.epochs=1",
-            "trainer.batch_size=16", "model.depth=1", "model.hidden_d=16", "model.patch_size=7", "device=cpu",
-            "trainer.progress=false", f"hydra.run.dir={run_dir}", *extra]
+    return [
+        f"data.root={root}",
+        "data.md5=null",
+        "data.download=null",
+        "data.val_size=16",
+        "trainer.epochs=1",
+        "trainer.batch_size=16",
+        "model.depth=1",
+        "model.hidden_d=16",
+        "model.patch_size=7",
+        "device=cpu",
+        "trainer.progress=false",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
 
 
 class Result:
@@ -85,8 +105,11 @@ def assert_one_clear_line(proc, *words: str) -> str:
     """Non-zero exit, no traceback, and exactly one line on stderr that names every word."""
     assert proc.returncode != 0, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line
-             and not line.startswith("  ")]
+    lines = [
+        line
+        for line in proc.stderr.splitlines()
+        if line.strip() and "Warning" not in line and not line.startswith("  ")
+    ]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("vit_lab: error: "), lines[0]
     for word in words:
@@ -101,52 +124,71 @@ def read(path: Path):
 # ----------------------------------------------------------------------------------------------- bad overrides
 
 
-@pytest.mark.parametrize("override,words", [
-    ("model.foo=1", ["model.foo", "+model.foo=1"]),          # unknown key (Hydra's own error, made one line)
-    ("trainer.epochs_typo=3", ["trainer.epochs_typo"]),
-    ("model=foo", ["model/foo", "cnn, vit"]),                # unknown group option, with the options
-    ("optimizer=nadam", ["optimizer/nadam", "adamw"]),
-    ("model.depth=[", ["model.depth=["]),                    # an override Hydra cannot parse
-    ("trainer.epochs=two", ["trainer.epochs", "two"]),       # wrong types
-    ("trainer.epochs=1.5", ["trainer.epochs", "1.5", "Integer"]),
-    ("optimizer.lr=abc", ["optimizer.lr", "abc"]),
-    ("trainer.epochs=-1", ["trainer.epochs=-1"]),            # zero or negative sizes, epochs, batch, lr
-    ("trainer.batch_size=0", ["trainer.batch_size=0"]),
-    ("trainer.eval_batch_size=-8", ["trainer.eval_batch_size=-8"]),
-    ("optimizer.lr=0", ["optimizer.lr=0"]),
-    ("optimizer.lr=-0.001", ["optimizer.lr=-0.001"]),
-    ("model.hidden_d=0", ["model.hidden_d=0"]),
-    ("model.depth=-1", ["model.depth=-1"]),
-    ("model.n_heads=0", ["model.n_heads=0"]),
-    ("model.patch_size=0", ["model.patch_size"]),
-    ("model.mlp_ratio=0", ["model.mlp_ratio=0"]),
-    ("data.image_size=[0,28]", ["data.image_size"]),
-    ("data.val_size=-1", ["data.val_size"]),
-    ("model.patch_size=5", ["model.patch_size=5", "28x28"]),  # patch does not divide the image
-    ("model.n_heads=3", ["model.n_heads=3", "model.hidden_d=64"]),  # heads do not divide the width
-    ("device.precision=fp8", ["device.precision", "fp8"]),
-    ("device.precision=fp16", ["device.precision=fp16", "gradient scaler", "bf16"]),  # refused: no scaler
-    ("device=mps", ["device=mps", "device=cpu"]),            # absent devices
-    ("device.name=cuda:99", ["device=cuda:99"]),             # absent on any machine with < 100 GPUs
-])
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("model.foo=1", ["model.foo", "+model.foo=1"]),  # unknown key (Hydra's own error, made one line)
+        ("trainer.epochs_typo=3", ["trainer.epochs_typo"]),
+        ("model=foo", ["model/foo", "cnn, vit"]),  # unknown group option, with the options
+        ("optimizer=nadam", ["optimizer/nadam", "adamw"]),
+        ("model.depth=[", ["model.depth=["]),  # an override Hydra cannot parse
+        ("trainer.epochs=two", ["trainer.epochs", "two"]),  # wrong types
+        ("trainer.epochs=1.5", ["trainer.epochs", "1.5", "Integer"]),
+        ("optimizer.lr=abc", ["optimizer.lr", "abc"]),
+        ("trainer.epochs=-1", ["trainer.epochs=-1"]),  # zero or negative sizes, epochs, batch, lr
+        ("trainer.batch_size=0", ["trainer.batch_size=0"]),
+        ("trainer.eval_batch_size=-8", ["trainer.eval_batch_size=-8"]),
+        ("optimizer.lr=0", ["optimizer.lr=0"]),
+        ("optimizer.lr=-0.001", ["optimizer.lr=-0.001"]),
+        ("model.hidden_d=0", ["model.hidden_d=0"]),
+        ("model.depth=-1", ["model.depth=-1"]),
+        ("model.n_heads=0", ["model.n_heads=0"]),
+        ("model.patch_size=0", ["model.patch_size"]),
+        ("model.mlp_ratio=0", ["model.mlp_ratio=0"]),
+        ("data.image_size=[0,28]", ["data.image_size"]),
+        ("data.val_size=-1", ["data.val_size"]),
+        ("model.patch_size=5", ["model.patch_size=5", "28x28"]),  # patch does not divide the image
+        ("model.n_heads=3", ["model.n_heads=3", "model.hidden_d=64"]),  # heads do not divide the width
+        ("device.precision=fp8", ["device.precision", "fp8"]),
+        ("device.precision=fp16", ["device.precision=fp16", "gradient scaler", "bf16"]),  # refused: no scaler
+        ("device=mps", ["device=mps", "device=cpu"]),  # absent devices
+        ("device.name=cuda:99", ["device=cuda:99"]),  # absent on any machine with < 100 GPUs
+    ],
+)
 def test_bad_override_is_one_line_before_any_data_is_read(capsys, monkeypatch, tmp_path, override, words):
     # the data root does not exist: the config error must come first, before any data loading
-    proc = cli_run(capsys, monkeypatch, override, f"data.root={tmp_path / 'no-data'}", "data.download=null",
-                   f"hydra.run.dir={tmp_path / 'run'}")
+    proc = cli_run(
+        capsys,
+        monkeypatch,
+        override,
+        f"data.root={tmp_path / 'no-data'}",
+        "data.download=null",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     line = assert_one_clear_line(proc, *words)
     assert "no-data" not in line and proc.returncode == 2
     metrics = tmp_path / "run" / "metrics.json"
     assert not metrics.exists() or read(metrics)["status"] == "failed"
 
 
-@pytest.mark.parametrize("param,words", [
-    ("{trainer.seed:'range(1,5,step=0)'}", ["hydra.sweeper.params", "nonzero step"]),
-    ("{trainer.seed:'zzz(1,2)'}", ["zzz"]),
-    ("{optimizer.lr:'interval(1,'}", ["interval(1,"]),
-])
+@pytest.mark.parametrize(
+    "param,words",
+    [
+        ("{trainer.seed:'range(1,5,step=0)'}", ["hydra.sweeper.params", "nonzero step"]),
+        ("{trainer.seed:'zzz(1,2)'}", ["zzz"]),
+        ("{optimizer.lr:'interval(1,'}", ["interval(1,"]),
+    ],
+)
 def test_invalid_sweeper_params_is_one_line(capsys, monkeypatch, tmp_path, param, words):
-    proc = cli_run(capsys, monkeypatch, "-m", "hydra/sweeper=optuna", f"+hydra.sweeper.params={param}",
-                   "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path}")
+    proc = cli_run(
+        capsys,
+        monkeypatch,
+        "-m",
+        "hydra/sweeper=optuna",
+        f"+hydra.sweeper.params={param}",
+        "hydra.sweeper.n_trials=1",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert_one_clear_line(proc, *words)
     assert not any(tmp_path.rglob("metrics.json"))  # nothing was launched
 
@@ -156,9 +198,16 @@ def test_official_sweeper_reports_the_trials_error_not_a_bad_parameter(tmp_path)
     """Every trial fails on missing data: the data error reaches the console and the last line says no trial
     completed, instead of blaming hydra.sweeper.params."""
     (tmp_path / "outputs").mkdir()
-    proc = run_train("-m", "hydra/sweeper=optuna", "hydra.sweeper.storage=sqlite:///outputs/optuna.db",
-                     "hydra.sweeper.n_trials=2", "model.depth=choice(1,2)", "trainer.epochs=1",
-                     cwd=tmp_path, env={"VIT_LAB_DATA": str(tmp_path / "nothing")})
+    proc = run_train(
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.storage=sqlite:///outputs/optuna.db",
+        "hydra.sweeper.n_trials=2",
+        "model.depth=choice(1,2)",
+        "trainer.epochs=1",
+        cwd=tmp_path,
+        env={"VIT_LAB_DATA": str(tmp_path / "nothing")},
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("vit_lab: error: ")]
     assert len(errors) == 1 and "no trial of the sweep completed" in errors[0], proc.stderr
@@ -168,24 +217,37 @@ def test_official_sweeper_reports_the_trials_error_not_a_bad_parameter(tmp_path)
 
 @pytest.mark.slow
 def test_storage_in_a_missing_folder_is_one_line(tmp_path):
-    proc = run_train("-m", "hydra/sweeper=optuna", "hydra.sweeper.storage=sqlite:///nowhere/optuna.db",
-                     "hydra.sweeper.n_trials=1", "model.depth=choice(1,2)", cwd=tmp_path)
+    proc = run_train(
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.storage=sqlite:///nowhere/optuna.db",
+        "hydra.sweeper.n_trials=1",
+        "model.depth=choice(1,2)",
+        cwd=tmp_path,
+    )
     assert_one_clear_line(proc, "hydra.sweeper.storage", "unable to open database file")
 
 
 def test_one_line_folds_hydra_messages():
-    msg = ("In 'config': Could not find 'model/foo'\n\nAvailable options in 'model':\n\tcnn\n\tvit\n"
-           "Config search path:\n\tprovider=hydra, path=pkg://hydra.conf\n")
+    msg = (
+        "In 'config': Could not find 'model/foo'\n\nAvailable options in 'model':\n\tcnn\n\tvit\n"
+        "Config search path:\n\tprovider=hydra, path=pkg://hydra.conf\n"
+    )
     assert one_line(msg) == "In 'config': Could not find 'model/foo'; Available options in 'model': cnn, vit"
-    assert one_line("Key 'foo' is not in struct\n    full_key: model.foo\n    object_type=dict") == \
-        "Key 'foo' is not in struct"
+    assert (
+        one_line("Key 'foo' is not in struct\n    full_key: model.foo\n    object_type=dict")
+        == "Key 'foo' is not in struct"
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override,words", [
-    ("model.foo=1", ["model.foo"]),
-    ("model=foo", ["model/foo", "cnn, vit"]),
-])
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("model.foo=1", ["model.foo"]),
+        ("model=foo", ["model/foo", "cnn, vit"]),
+    ],
+)
 def test_hydra_errors_one_line_on_the_real_command(tmp_path, override, words):
     proc = run_train(override, f"hydra.run.dir={tmp_path}")
     assert_one_clear_line(proc, *words)
@@ -239,18 +301,21 @@ def _plain(path: Path, content: bytes) -> None:
 RAW = "MNIST/raw/"
 
 
-@pytest.mark.parametrize("case,words", [
-    ("missing root", ["data not found", "no-such-root"]),
-    ("missing file", ["t10k-labels-idx1-ubyte", "data not found"]),
-    ("truncated gz", ["train-images-idx3-ubyte.gz", "corrupt gzip"]),
-    ("corrupt gz", ["train-images-idx3-ubyte.gz", "corrupt gzip"]),
-    ("wrong magic", ["train-labels-idx1-ubyte", "not an IDX file"]),
-    ("wrong dims", ["train-images-idx3-ubyte", "3-D"]),
-    ("truncated raw", ["t10k-images-idx3-ubyte", "truncated"]),
-    ("label count", ["train-labels-idx1-ubyte", "95 labels", "96 images"]),
-    ("label range", ["t10k-labels-idx1-ubyte", "label 12", "num_classes=10"]),
-    ("shape disagrees", ["train-images-idx3-ubyte", "(1, 28, 28)", "(1, 32, 32)", "data.image_size"]),
-])
+@pytest.mark.parametrize(
+    "case,words",
+    [
+        ("missing root", ["data not found", "no-such-root"]),
+        ("missing file", ["t10k-labels-idx1-ubyte", "data not found"]),
+        ("truncated gz", ["train-images-idx3-ubyte.gz", "corrupt gzip"]),
+        ("corrupt gz", ["train-images-idx3-ubyte.gz", "corrupt gzip"]),
+        ("wrong magic", ["train-labels-idx1-ubyte", "not an IDX file"]),
+        ("wrong dims", ["train-images-idx3-ubyte", "3-D"]),
+        ("truncated raw", ["t10k-images-idx3-ubyte", "truncated"]),
+        ("label count", ["train-labels-idx1-ubyte", "95 labels", "96 images"]),
+        ("label range", ["t10k-labels-idx1-ubyte", "label 12", "num_classes=10"]),
+        ("shape disagrees", ["train-images-idx3-ubyte", "(1, 28, 28)", "(1, 32, 32)", "data.image_size"]),
+    ],
+)
 def test_bad_data_is_one_line(capsys, monkeypatch, tmp_path, case, words):
     root = tmp_path / "data"
     rng = np.random.default_rng(1)
@@ -269,12 +334,13 @@ def test_bad_data_is_one_line(capsys, monkeypatch, tmp_path, case, words):
     else:
         fake_mnist(root)
         raw = root / "MNIST" / "raw"
-        {"missing file": lambda: (raw / "t10k-labels-idx1-ubyte.gz").unlink(),
-         "truncated gz": lambda: _truncate(raw / "train-images-idx3-ubyte.gz"),
-         "corrupt gz": lambda: _flip(raw / "train-images-idx3-ubyte.gz"),
-         "wrong magic": lambda: _plain(raw / "train-labels-idx1-ubyte.gz", b"\x01\x02\x08\x01" + bytes(100)),
-         "truncated raw": lambda: _plain(raw / "t10k-images-idx3-ubyte.gz", idx_bytes(np.zeros((32, 28, 28)))[:-1]),
-         }[case]()
+        {
+            "missing file": lambda: (raw / "t10k-labels-idx1-ubyte.gz").unlink(),
+            "truncated gz": lambda: _truncate(raw / "train-images-idx3-ubyte.gz"),
+            "corrupt gz": lambda: _flip(raw / "train-images-idx3-ubyte.gz"),
+            "wrong magic": lambda: _plain(raw / "train-labels-idx1-ubyte.gz", b"\x01\x02\x08\x01" + bytes(100)),
+            "truncated raw": lambda: _plain(raw / "t10k-images-idx3-ubyte.gz", idx_bytes(np.zeros((32, 28, 28)))[:-1]),
+        }[case]()
     proc = cli_run(capsys, monkeypatch, *fake_overrides(root, tmp_path / "run", *extra))
     assert_one_clear_line(proc, *words)
     assert read(tmp_path / "run" / "metrics.json")["status"] == "failed"
@@ -304,11 +370,13 @@ def test_resume_missing_or_unreadable_checkpoint(capsys, monkeypatch, tmp_path):
 def test_resume_other_architecture_names_the_keys(capsys, monkeypatch, tmp_path):
     root = fake_mnist(tmp_path / "data")
     assert cli_run(capsys, monkeypatch, *fake_overrides(root, tmp_path / "a")).returncode == 0
-    proc = cli_run(capsys, monkeypatch, *fake_overrides(root, tmp_path / "b", "model.hidden_d=32",
-                                                        f"resume={tmp_path / 'a'}"))
+    proc = cli_run(
+        capsys, monkeypatch, *fake_overrides(root, tmp_path / "b", "model.hidden_d=32", f"resume={tmp_path / 'a'}")
+    )
     assert_one_clear_line(proc, "different architecture", "linear_mapper.weight [16, 49] vs [32, 49]")
-    proc = cli_run(capsys, monkeypatch, *fake_overrides(root, tmp_path / "c", "model.depth=2",
-                                                        f"resume={tmp_path / 'a'}"))
+    proc = cli_run(
+        capsys, monkeypatch, *fake_overrides(root, tmp_path / "c", "model.depth=2", f"resume={tmp_path / 'a'}")
+    )
     assert_one_clear_line(proc, "different architecture", "missing: blocks.1.")
     assert read(tmp_path / "c" / "metrics.json")["status"] == "failed"
 
@@ -318,8 +386,11 @@ def test_resume_other_architecture_names_the_keys(capsys, monkeypatch, tmp_path)
 
 def test_diverging_run_stops_early_as_failed(capsys, monkeypatch, tmp_path):
     root = fake_mnist(tmp_path / "data")
-    proc = cli_run(capsys, monkeypatch, *fake_overrides(root, tmp_path / "run", "trainer.epochs=20",
-                                                        "optimizer.lr=1e6", "scheduler=constant"))
+    proc = cli_run(
+        capsys,
+        monkeypatch,
+        *fake_overrides(root, tmp_path / "run", "trainer.epochs=20", "optimizer.lr=1e6", "scheduler=constant"),
+    )
     assert_one_clear_line(proc, "training loss became", "optimizer.lr")
     m = read(tmp_path / "run" / "metrics.json")
     assert m["status"] == "failed" and "loss became" in m["reason"]
@@ -330,16 +401,34 @@ def test_diverging_run_stops_early_as_failed(capsys, monkeypatch, tmp_path):
 
 # 300 steps per epoch: a signal sent just after an epoch's log line lands in the middle of the next epoch
 STEPS = 1200  # ~1.2 s per epoch on 2 quiet cores: a signal 0.3 s after an epoch line lands mid-epoch
-RESUME_RUN = ["trainer.epochs=3", f"data.train_limit={16 * STEPS}", "data.val_size=256", "data.test_limit=256",
-              "trainer.batch_size=16", "model.depth=1", "model.hidden_d=16", "model.patch_size=7", "optimizer.lr=0.01",
-              "scheduler.warmup_epochs=0.2", "trainer.progress=false", "device=cpu", "device.threads=1"]
+RESUME_RUN = [
+    "trainer.epochs=3",
+    f"data.train_limit={16 * STEPS}",
+    "data.val_size=256",
+    "data.test_limit=256",
+    "trainer.batch_size=16",
+    "model.depth=1",
+    "model.hidden_d=16",
+    "model.patch_size=7",
+    "optimizer.lr=0.01",
+    "scheduler.warmup_epochs=0.2",
+    "trainer.progress=false",
+    "device=cpu",
+    "device.threads=1",
+]
 
 
 def popen_train(*args: str, env: dict | None = None) -> subprocess.Popen:
     full_env = {**os.environ, "VIT_LAB_DATA": str(data_root())}
     full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([sys.executable, "-m", "vit_lab.train", *args], cwd=REPO, env={**full_env, **(env or {})},
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vit_lab.train", *args],
+        cwd=REPO,
+        env={**full_env, **(env or {})},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120, poll: float = 0.02) -> None:
@@ -360,7 +449,8 @@ def final_results(run_dir: Path) -> tuple:
 
 
 def interrupt_mid_epoch(run_dir: Path, after_epoch: int, sig: signal.Signals, *args: str) -> dict:
-    """Start a run, send ``sig`` early in epoch ``after_epoch + 1``; check the interrupted state; return the checkpoint."""
+    """Start a run, send ``sig`` early in epoch ``after_epoch + 1``; check the interrupted state; return the
+    checkpoint."""
     proc = popen_train(*RESUME_RUN, *args, f"hydra.run.dir={run_dir}")
     log = run_dir / "train.log"
     wait_for(lambda: log.exists() and f"epoch {after_epoch}/3" in log.read_text(), proc)
@@ -408,7 +498,8 @@ def test_sigint_and_sigterm_mid_epoch_resume_to_identical_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_signal_before_training_is_recorded(tmp_path):
-    """SIGTERM while the data loads (before the loop's own handler) still ends as `interrupted`, not a dead `running`."""
+    """SIGTERM while the data loads (before the loop's own handler) still ends as `interrupted`, not a dead
+    `running`."""
     run_dir = tmp_path / "run"
     proc = popen_train(*RESUME_RUN, f"hydra.run.dir={run_dir}")
     wait_for(lambda: (run_dir / "metrics.json").exists(), proc, poll=0.005)
@@ -466,7 +557,8 @@ def test_atomic_write_failure_keeps_previous_file(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_complete_files(tmp_path):
-    """Three runs that write every few milliseconds, each SIGKILLed at a random moment (set VIT_LAB_KILL_SEED to vary)."""
+    """Three runs that write every few milliseconds, each SIGKILLed at a random moment (set VIT_LAB_KILL_SEED to
+    vary)."""
     root = fake_mnist(tmp_path / "data", n_train=80, n_test=16)
     rng = random.Random(int(os.environ.get("VIT_LAB_KILL_SEED", "6")))
     run = ["scheduler=constant", "device.threads=1"]
@@ -474,7 +566,7 @@ def test_sigkill_at_random_moments_leaves_complete_files(tmp_path):
     procs = [popen_train(*fake_overrides(root, d, *run, "trainer.epochs=400")) for d in dirs]
     try:
         for proc, run_dir in zip(procs, dirs):
-            wait_for(lambda: (run_dir / "checkpoint.pt").exists(), proc, poll=0.01)  # one epoch done
+            wait_for(lambda d=run_dir: (d / "checkpoint.pt").exists(), proc, poll=0.01)  # one epoch done
         kill_at = {i: time.monotonic() + rng.uniform(0.0, 2.5) for i in range(len(procs))}
         while kill_at:
             for i, t in list(kill_at.items()):
@@ -494,7 +586,7 @@ def test_sigkill_at_random_moments_leaves_complete_files(tmp_path):
         ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
         # written in the order history, checkpoint, metrics: each at most one epoch ahead of the next
         assert len(history) - ckpt["epoch"] in (0, 1) and ckpt["epoch"] - m["epochs_completed"] in (0, 1)
-        assert ckpt["history"] == history[:ckpt["epoch"]]
+        assert ckpt["history"] == history[: ckpt["epoch"]]
         for leftover in run_dir.glob("*.tmp"):
             assert leftover.name.startswith("."), leftover  # hidden temps only, never a result name
 
@@ -513,9 +605,18 @@ def test_sigkill_at_random_moments_leaves_complete_files(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- sweeps
 
-SWEEP_TINY = ["trainer.epochs=1", "data.train_limit=256", "data.val_size=128", "data.test_limit=128",
-              "trainer.batch_size=64", "model.depth=1", "model.hidden_d=16", "model.patch_size=7",
-              "trainer.progress=false", "hydra/sweeper/pruner=nop"]
+SWEEP_TINY = [
+    "trainer.epochs=1",
+    "data.train_limit=256",
+    "data.val_size=128",
+    "data.test_limit=128",
+    "trainer.batch_size=64",
+    "model.depth=1",
+    "model.hidden_d=16",
+    "model.patch_size=7",
+    "trainer.progress=false",
+    "hydra/sweeper/pruner=nop",
+]
 
 
 def sweep_cmd(*extra: str) -> list[str]:
@@ -552,10 +653,21 @@ def test_soak_20_trials_2_parallel_jobs(tmp_path):
     """20 tiny trials, 2 at a time (joblib): every trial has its directory and study entry, and they agree."""
     import optuna
 
-    proc = subprocess.run(sweep_cmd("hydra.sweeper.n_trials=20", "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib",
-                                    "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}/sweep",
-                                    f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db"),
-                          cwd=tmp_path, env=sweep_env(), text=True, capture_output=True, timeout=600)
+    proc = subprocess.run(
+        sweep_cmd(
+            "hydra.sweeper.n_trials=20",
+            "hydra.sweeper.n_jobs=2",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+            f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+        ),
+        cwd=tmp_path,
+        env=sweep_env(),
+        text=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="vit_optuna-mnist", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert sorted(t.number for t in study.trials) == list(range(20))
@@ -579,10 +691,16 @@ def test_killed_sweep_resumes_keeps_finished_trials_and_fails_running_ones(tmp_p
     import optuna
 
     # the preset's storage (outputs/optuna.db) and sweep dirs, under tmp_path as the working directory
-    cmd = sweep_cmd("hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", "hydra.sweeper.heartbeat_interval=1",
-                    "hydra.sweeper.grace_period=2", "data.train_limit=1024")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=sweep_env(), text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    cmd = sweep_cmd(
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_jobs=1",
+        "hydra.sweeper.heartbeat_interval=1",
+        "hydra.sweeper.grace_period=2",
+        "data.train_limit=1024",
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=sweep_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
     def finished() -> list[Path]:
         return [p for p in tmp_path.glob("outputs/multirun/*/*/*/metrics.json") if read(p)["status"] == "completed"]
@@ -640,8 +758,11 @@ def test_two_runs_in_one_folder_never_interleave(capsys, monkeypatch, tmp_path):
         first.communicate(timeout=30)
     # once the first is gone (even killed), the folder is free again: e.g. to resume in place
     done = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["epoch"]
-    proc = cli_run(capsys, monkeypatch, *fake_overrides(root, run_dir, "scheduler=constant", f"resume={run_dir}",
-                                                        f"trainer.epochs={done + 1}"))
+    proc = cli_run(
+        capsys,
+        monkeypatch,
+        *fake_overrides(root, run_dir, "scheduler=constant", f"resume={run_dir}", f"trainer.epochs={done + 1}"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert read(run_dir / "metrics.json")["status"] == "completed"
 
@@ -650,12 +771,25 @@ def test_two_runs_in_one_folder_never_interleave(capsys, monkeypatch, tmp_path):
 def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path):
     import optuna
 
-    proc = subprocess.run(sweep_cmd("hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", "optimizer.lr=1e6",
-                                    "scheduler=constant", "data.train_limit=512", "trainer.batch_size=16",
-                                    "trainer.epochs=3", "hydra.sweeper.max_failure_rate=1.0",
-                                    f"hydra.sweep.dir={tmp_path}/sweep",
-                                    f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db"),
-                          cwd=tmp_path, env=sweep_env(), text=True, capture_output=True, timeout=600)
+    proc = subprocess.run(
+        sweep_cmd(
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.n_jobs=1",
+            "optimizer.lr=1e6",
+            "scheduler=constant",
+            "data.train_limit=512",
+            "trainer.batch_size=16",
+            "trainer.epochs=3",
+            "hydra.sweeper.max_failure_rate=1.0",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+            f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+        ),
+        cwd=tmp_path,
+        env=sweep_env(),
+        text=True,
+        capture_output=True,
+        timeout=600,
+    )
     # every trial failed: the sweep says so in one line and exits non-zero (as the official sweeper does)
     assert proc.returncode == 2 and "none of the 2 trials of this sweep finished" in proc.stderr, proc.stderr[-3000:]
     study = optuna.load_study(study_name="vit_optuna-mnist", storage=f"sqlite:///{tmp_path}/optuna.db")

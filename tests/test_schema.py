@@ -4,12 +4,12 @@ as one line naming the key (through vit_lab.cli, as the command prints it)."""
 from __future__ import annotations
 
 import pytest
+from conftest import CONF, run_train
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from conftest import CONF, run_train
 from vit_lab import schema  # noqa: F401 - registers the schemas, as every entry point does
 from vit_lab.cli import describe
 
@@ -92,18 +92,24 @@ def test_typed_values_keep_their_plain_python_types():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override,words", [
-    ("trainer.epochs=abc", ["trainer.epochs", "abc"]),
-    ("trainer.epochz=3", ["trainer.epochz", "epochs"]),
-    ("model.depth=1.5", ["model.depth", "1.5"]),
-    ("device.precision=3", ["device.precision", "fp32"]),
-])
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("trainer.epochs=abc", ["trainer.epochs", "abc"]),
+        ("trainer.epochz=3", ["trainer.epochz", "epochs"]),
+        ("model.depth=1.5", ["model.depth", "1.5"]),
+        ("device.precision=3", ["device.precision", "fp32"]),
+    ],
+)
 def test_the_command_prints_one_line_and_exits_2(tmp_path, override, words):
     proc = run_train(override, f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line
-             and not line.startswith("  ")]
+    lines = [
+        line
+        for line in proc.stderr.splitlines()
+        if line.strip() and "Warning" not in line and not line.startswith("  ")
+    ]
     assert len(lines) == 1 and lines[0].startswith("vit_lab: error: "), proc.stderr
     for word in words:
         assert word in lines[0], (word, lines[0])

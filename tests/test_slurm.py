@@ -25,9 +25,21 @@ from vit_lab import preemption
 from vit_lab.train import claim_run_dir
 
 USR = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))  # what submitit sends
-SMALL = ["data.val_size=256", "data.test_limit=256", "trainer.batch_size=16", "model.depth=1", "model.hidden_d=16",
-         "model.patch_size=7", "model.n_heads=2", "optimizer.lr=0.01", "scheduler.warmup_epochs=0.2",
-         "trainer.progress=false", "trainer.checkpoint=true", "device=cpu", "device.threads=1"]
+SMALL = [
+    "data.val_size=256",
+    "data.test_limit=256",
+    "trainer.batch_size=16",
+    "model.depth=1",
+    "model.hidden_d=16",
+    "model.patch_size=7",
+    "model.n_heads=2",
+    "optimizer.lr=0.01",
+    "scheduler.warmup_epochs=0.2",
+    "trainer.progress=false",
+    "trainer.checkpoint=true",
+    "device=cpu",
+    "device.threads=1",
+]
 RUN = [*SMALL, "trainer.epochs=3", "data.train_limit=9600"]  # 600 steps per epoch
 
 
@@ -45,8 +57,14 @@ def results(run_dir: Path) -> tuple:
 def popen(*args: str) -> subprocess.Popen:
     env = {**os.environ, "VIT_LAB_DATA": str(data_root())}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([sys.executable, "-m", "vit_lab.train", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vit_lab.train", *args],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def submitit_log(sweep_dir: Path) -> str:
@@ -76,9 +94,12 @@ def test_timeout_requeues_and_the_job_resumes_to_the_uninterrupted_metrics(tmp_p
     ends with the metrics and history of an uninterrupted run (CPU, one thread, same seed).
 
     submitit_local signals a job 30 s after it starts (timeout_min=1, 30 s before the end). So that the signal finds
-    the job mid-epoch on any machine, the test pauses it there (SIGSTOP) until the signal is pending, then lets it go."""
+    the job mid-epoch on any machine, the test pauses it there (SIGSTOP) until the signal is pending, then lets it
+    go."""
     sweep, run_dir = tmp_path / "sweep", tmp_path / "sweep" / "0"
-    proc = popen("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1", *RUN, f"hydra.sweep.dir={sweep}")
+    proc = popen(
+        "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1", *RUN, f"hydra.sweep.dir={sweep}"
+    )
     try:
         wait_until(lambda: epochs_done(run_dir) >= 1, proc)
         pid = int((run_dir / ".lock").read_text().split()[1])
@@ -106,9 +127,19 @@ def test_preempted_trial_resumes_and_reports_to_the_same_trial(tmp_path):
     """A vit_optuna trial preempted mid-epoch (the signal `scancel --signal` delivers) is requeued, resumes in its run
     directory and reports its remaining epochs to the same trial, which the study ends with as COMPLETE."""
     sweep, db = tmp_path / "sweep", f"sqlite:///{tmp_path}/optuna.db"
-    proc = popen("-m", "hparams_search=vit_optuna", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
-                 *SMALL, "trainer.epochs=3", "data.train_limit=19200", f"hydra.sweep.dir={sweep}",
-                 f"hydra.sweeper.storage={db}", "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1")
+    proc = popen(
+        "-m",
+        "hparams_search=vit_optuna",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        *SMALL,
+        "trainer.epochs=3",
+        "data.train_limit=19200",
+        f"hydra.sweep.dir={sweep}",
+        f"hydra.sweeper.storage={db}",
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.n_jobs=1",
+    )
     run_dir = sweep / "0"
     wait_until(lambda: epochs_done(run_dir) >= 1, proc)
     holder = (run_dir / ".lock").read_text()
@@ -131,11 +162,14 @@ def test_preempted_trial_resumes_and_reports_to_the_same_trial(tmp_path):
 
 def hold_lock(run_dir: Path, job: str, seconds: float) -> subprocess.Popen:
     """Another process (a submitit job `job`) holding the run directory's lock for `seconds`."""
-    code = ("import sys, time; from vit_lab import preemption; from pathlib import Path; "
-            "assert preemption.claim(Path(sys.argv[1])) is None; print('held', flush=True); time.sleep(float(sys.argv[2]))")
+    code = (
+        "import sys, time; from vit_lab import preemption; from pathlib import Path; "
+        "assert preemption.claim(Path(sys.argv[1])) is None; print('held', flush=True); time.sleep(float(sys.argv[2]))"
+    )
     env = {**os.environ, "SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": job}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir), str(seconds)], env=env, text=True,
-                            stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(run_dir), str(seconds)], env=env, text=True, stdout=subprocess.PIPE
+    )
     assert proc.stdout is not None and proc.stdout.readline() == "held\n"
     return proc
 

@@ -32,8 +32,11 @@ def test_urls_pin_files_to_the_working_directory_and_pick_the_installed_postgres
     # psycopg (3) is what the postgres extra installs; SQLAlchemy's plain postgresql:// means psycopg2
     assert storages.resolve_url("postgresql://u:pw@db:5432/optuna") == "postgresql+psycopg://u:pw@db:5432/optuna"
     assert storages.safe("postgresql+psycopg://u:pw@db/optuna") == "postgresql+psycopg://u:***@db/optuna"
-    for bad, words in (("journal:/x.log", "journal:///relative/path.log"), ("journal:///", "names no file"),
-                       ("not a url", "neither a SQLAlchemy URL")):
+    for bad, words in (
+        ("journal:/x.log", "journal:///relative/path.log"),
+        ("journal:///", "names no file"),
+        ("not a url", "neither a SQLAlchemy URL"),
+    ):
         with pytest.raises(ConfigError, match=words):
             storages.resolve_url(bad, cwd=tmp_path)
 
@@ -47,8 +50,9 @@ def test_a_postgres_url_without_its_driver_names_the_extra(monkeypatch):
 
 @pytest.mark.slow
 def test_a_missing_driver_is_one_line_and_exit_2(tmp_path):
-    proc = run_module("vit_lab.train", "-m", "hparams_search=vit_optuna", "hydra.sweeper.storage=mysql://u:pw@db/x",
-                      cwd=tmp_path)
+    proc = run_module(
+        "vit_lab.train", "-m", "hparams_search=vit_optuna", "hydra.sweeper.storage=mysql://u:pw@db/x", cwd=tmp_path
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("vit_lab: error: hydra.sweeper.storage=mysql://u:***@db/x") and "pymysql" in lines[0]
@@ -101,15 +105,25 @@ def test_stale_running_trials_fail_but_live_ones_stay(kind, tmp_path, request):
     time.sleep(2.5)
     try:
         assert live.fail_stale() == [stale.number]
-        states = {t.number: t.state for t in optuna.load_study(study_name="s", storage=storages.open_storage(url)).trials}
+        states = {
+            t.number: t.state for t in optuna.load_study(study_name="s", storage=storages.open_storage(url)).trials
+        }
         assert states == {stale.number: optuna.trial.TrialState.FAIL, running.number: optuna.trial.TrialState.RUNNING}
     finally:
         live.close()
 
 
 def _toy_sweep(tmp_path: Path, url: str, *extra: str) -> subprocess.CompletedProcess:
-    return run_module("tests.toy_task", "-m", "hydra/sweeper=vit_optuna", f"hydra.sweeper.storage={url}",
-                      f"hydra.sweep.dir={tmp_path}/sweep", "hydra.sweeper.n_trials=2", *extra, cwd=REPO)
+    return run_module(
+        "tests.toy_task",
+        "-m",
+        "hydra/sweeper=vit_optuna",
+        f"hydra.sweeper.storage={url}",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        "hydra.sweeper.n_trials=2",
+        *extra,
+        cwd=REPO,
+    )
 
 
 @pytest.mark.slow
@@ -121,8 +135,19 @@ def test_optuna_dashboard_reads_the_sweeps_study(kind, tmp_path, request):
     target = storages.dashboard_target(url)
     assert f"optuna-dashboard {target}" in proc.stdout  # the sweep says how to watch it
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), target, "--port", str(port),
-                               "--host", "127.0.0.1", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "optuna-dashboard"),
+            target,
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline, studies = time.monotonic() + 60, None
         while studies is None and time.monotonic() < deadline and server.poll() is None:

@@ -2,7 +2,8 @@
 parity with the official sweeper on a toy task (tests/toy_task.py, configs in tests/toy_conf/).
 
 End-to-end sweeps run `python -m vit_lab.train -m ...` in a subprocess with tiny budgets and a SQLite study under
-tmp_path. TINY fixes depth/width/patch/lr, so the sampled parameter is `model.n_heads` (all choices divide 16); one epoch
+tmp_path. TINY fixes depth/width/patch/lr, so the sampled parameter is `model.n_heads` (all choices divide 16); one
+epoch
 per trial except in the pruning test. Storages and independent workers: tests/test_storages.py, tests/test_workers.py.
 """
 
@@ -30,9 +31,17 @@ STUDY = "vit_optuna-mnist"
 
 
 def sweep_args(tmp_path: Path, name: str = "s", *extra: str, trials: int = 3, jobs: int = 1) -> list[str]:
-    return ["-m", "hparams_search=vit_optuna", *TINY, "trainer.epochs=1", f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
-            f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.n_jobs={jobs}",
-            f"hydra.sweep.dir={tmp_path}/{name}", *extra]
+    return [
+        "-m",
+        "hparams_search=vit_optuna",
+        *TINY,
+        "trainer.epochs=1",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+        f"hydra.sweeper.n_trials={trials}",
+        f"hydra.sweeper.n_jobs={jobs}",
+        f"hydra.sweep.dir={tmp_path}/{name}",
+        *extra,
+    ]
 
 
 def load(tmp_path: Path, name: str = STUDY) -> optuna.Study:
@@ -70,7 +79,9 @@ def test_preset_maximises_val_acc_with_a_seeded_persistent_pruned_study():
     assert cfg.callbacks.optuna_trial.last_epoch == cfg.trainer.epochs
     assert set(sw.params) == {"model.patch_size", "model.depth", "model.n_heads", "model.hidden_d", "optimizer.lr"}
     assert sw.params["optimizer.lr"].startswith("tag(log")
-    assert cfg.trainer.epochs == 3 and cfg.data.train_limit == 5000 and cfg.data.val_size == 2000  # the per-trial budget
+    assert (
+        cfg.trainer.epochs == 3 and cfg.data.train_limit == 5000 and cfg.data.val_size == 2000
+    )  # the per-trial budget
     # microseconds: two sweeps started in the same second get different folders
     assert re.fullmatch(r"outputs/multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", cfg.hydra.sweep.dir)
     fashion = compose_preset("data=fashion_mnist", "hydra/sweeper/pruner=hyperband")
@@ -89,8 +100,12 @@ def test_every_combination_of_the_search_space_is_a_valid_model():
     assert isinstance(dists["optimizer.lr"], optuna.distributions.FloatDistribution) and dists["optimizer.lr"].log
     depth = dists["model.depth"]
     assert (depth.low, depth.high) == (1, 6)
-    grid = itertools.product(dists["model.patch_size"].choices, dists["model.n_heads"].choices,
-                             dists["model.hidden_d"].choices, range(depth.low, depth.high + 1))
+    grid = itertools.product(
+        dists["model.patch_size"].choices,
+        dists["model.n_heads"].choices,
+        dists["model.hidden_d"].choices,
+        range(depth.low, depth.high + 1),
+    )
     n = 0
     for patch, heads, width, d in grid:
         check_vit_shape((1, *cfg.data.image_size), patch, width, heads, d, cfg.model.mlp_ratio)
@@ -108,8 +123,12 @@ def test_a_job_gets_its_trial_through_one_hydra_setting():
     override = sweeps.trial_env_override("postgresql+psycopg://u:p'w@db/x", "st${u}dy", 7, {"_target_": "a", "n": None})
     parsed = parser.parse_overrides([override])[0]
     assert parsed.key_or_group == f"hydra.job.env_set.{sweeps.TRIAL_ENV}" and "$" not in parsed.value()
-    assert json.loads(parsed.value()) == {"storage": "postgresql+psycopg://u:p'w@db/x", "study": "st${u}dy", "trial": 7,
-                                          "pruner": {"_target_": "a", "n": None}}
+    assert json.loads(parsed.value()) == {
+        "storage": "postgresql+psycopg://u:p'w@db/x",
+        "study": "st${u}dy",
+        "trial": 7,
+        "pruner": {"_target_": "a", "n": None},
+    }
     assert sweeps.threads_per_job(2, cpus=16) == 8
     assert sweeps.threads_per_job(4, cpus=2) == 1
 
@@ -124,8 +143,9 @@ def test_the_trial_callback_reports_prunes_and_is_a_no_op_outside_a_sweep(tmp_pa
     study = optuna.create_study(study_name="s", storage=url, direction="maximize")
     trial = study.ask()
     pruner = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 0.9}
-    monkeypatch.setenv(sweeps.TRIAL_ENV, json.dumps({"storage": url, "study": "s", "trial": trial.number,
-                                                     "pruner": pruner}))
+    monkeypatch.setenv(
+        sweeps.TRIAL_ENV, json.dumps({"storage": url, "study": "s", "trial": trial.number, "pruner": pruner})
+    )
     callback = sweeps.OptunaTrialCallback()
     callback.on_run_start(OmegaConf.create({"trainer": {"epochs": 2}}))
     assert callback.last_epoch == 2
@@ -135,8 +155,9 @@ def test_the_trial_callback_reports_prunes_and_is_a_no_op_outside_a_sweep(tmp_pa
     assert optuna.load_study(study_name="s", storage=url).trials[0].intermediate_values == {1: 0.5, 2: 0.6}
 
     multi = optuna.create_study(study_name="m", storage=url, directions=["maximize", "minimize"])
-    monkeypatch.setenv(sweeps.TRIAL_ENV, json.dumps({"storage": url, "study": "m", "trial": multi.ask().number,
-                                                     "pruner": None}))
+    monkeypatch.setenv(
+        sweeps.TRIAL_ENV, json.dumps({"storage": url, "study": "m", "trial": multi.ask().number, "pruner": None})
+    )
     sweeps.OptunaTrialCallback(last_epoch=2)(1, {"val_acc": 0.5})  # several objectives: Optuna takes no reports
     assert multi.trials[0].intermediate_values == {}
 
@@ -174,8 +195,10 @@ def test_sweep_records_trials_results_and_resumes(tmp_path):
     assert {i: (tmp_path / "first" / str(i) / "metrics.json").read_text() for i in range(3)} == first_files
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # the median pruner may now act
     assert all(t.state in done for t in study.trials)
-    assert all(metrics(t.user_attrs["run_dir"])["status"] == ("pruned" if t.state.name == "PRUNED" else "completed")
-               for t in study.trials)
+    assert all(
+        metrics(t.user_attrs["run_dir"])["status"] == ("pruned" if t.state.name == "PRUNED" else "completed")
+        for t in study.trials
+    )
     assert all((Path(t.user_attrs["run_dir"]) / "metrics.json").is_file() for t in study.trials)
     assert study.user_attrs["vit_lab_sweep_sessions"] == 2
 
@@ -217,8 +240,7 @@ def test_pruned_trials_are_pruned_in_the_study_and_stop_early(tmp_path):
 
 @pytest.mark.slow
 def test_joblib_divides_threads_and_two_sweep_processes_share_one_study(tmp_path):
-    ok(run_train(*sweep_args(tmp_path, "joblib", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                             trials=2, jobs=2)))
+    ok(run_train(*sweep_args(tmp_path, "joblib", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", trials=2, jobs=2)))
     study = load(tmp_path)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     for t in study.trials:
@@ -228,12 +250,23 @@ def test_joblib_divides_threads_and_two_sweep_processes_share_one_study(tmp_path
 
     # the user's command, twice at once, from one working directory: the preset's own storage
     # (sqlite:///outputs/optuna.db) and sweep folders (unique to the microsecond), here under tmp_path
-    cmd = [sys.executable, "-m", "vit_lab.train", "-m", "hparams_search=vit_optuna", *TINY, "trainer.epochs=1",
-           "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vit_lab.train",
+        "-m",
+        "hparams_search=vit_optuna",
+        *TINY,
+        "trainer.epochs=1",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=1",
+    ]
     env = {**os.environ, "VIT_LAB_DATA": str(data_root())}
     env.pop("HYDRA_FULL_ERROR", None)
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, out[-2000:] + err[-2000:]
@@ -248,8 +281,11 @@ def test_joblib_divides_threads_and_two_sweep_processes_share_one_study(tmp_path
 
 @pytest.mark.slow
 def test_submitit_local_sweep_completes(tmp_path):
-    ok(run_train(*sweep_args(tmp_path, "sub", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
-                             trials=1)))
+    ok(
+        run_train(
+            *sweep_args(tmp_path, "sub", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", trials=1)
+        )
+    )
     study = load(tmp_path)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
     assert metrics(study.trials[0].user_attrs["run_dir"])["status"] == "completed"
@@ -298,21 +334,28 @@ def test_a_crashed_job_is_recorded_in_its_metrics_and_on_its_trial(tmp_path):
 
     from hydra_plugins.vit_lab_sweeper.vit_optuna_sweeper import VitOptunaSweeper
 
-    sweeper = VitOptunaSweeper(OmegaConf.create({"_target_": "optuna.samplers.RandomSampler"}), "maximize", None,
-                               "s", 3, 1, 0.0, None, None)
+    sweeper = VitOptunaSweeper(
+        OmegaConf.create({"_target_": "optuna.samplers.RandomSampler"}), "maximize", None, "s", 3, 1, 0.0, None, None
+    )
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db", direction="maximize")
     run_dir = tmp_path / "crashed"
     run_dir.mkdir()
     (run_dir / "metrics.json").write_text(json.dumps({"status": "running"}))
-    ret = JobReturn(hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(run_dir)}}}),
-                    status=JobStatus.FAILED, _return_value=RuntimeError("CUDA out of memory"))
+    ret = JobReturn(
+        hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(run_dir)}}}),
+        status=JobStatus.FAILED,
+        _return_value=RuntimeError("CUDA out of memory"),
+    )
     trial = study.ask()
     assert sweeper._settle(study, trial, ret).counts
     assert metrics(run_dir) == {"status": "failed", "reason": "RuntimeError: CUDA out of memory"}
     stored = study.trials[trial.number]
     assert stored.state == optuna.trial.TrialState.FAIL
-    assert stored.user_attrs == {"run_dir": str(run_dir), "status": "failed",
-                                 "reason": "RuntimeError: CUDA out of memory"}
+    assert stored.user_attrs == {
+        "run_dir": str(run_dir),
+        "status": "failed",
+        "reason": "RuntimeError: CUDA out of memory",
+    }
     # a trial that another worker already failed (stale heartbeat) keeps that verdict: no crash, no change
     late = study.ask()
     study.tell(late, state=optuna.trial.TrialState.FAIL)
@@ -324,8 +367,19 @@ def test_a_crashed_job_is_recorded_in_its_metrics_and_on_its_trial(tmp_path):
 def test_joblib_sweep_from_another_folder_with_a_relative_data_root(tmp_path):
     """Launcher workers see the launch folder's data even when VIT_LAB_DATA is relative."""
     rel = os.path.relpath(data_root(), tmp_path)
-    ok(run_train("-m", *TINY, "trainer.epochs=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                 "model.n_heads=1,2", "hydra.sweep.dir=sweep", cwd=tmp_path, env={"VIT_LAB_DATA": rel}))
+    ok(
+        run_train(
+            "-m",
+            *TINY,
+            "trainer.epochs=1",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "model.n_heads=1,2",
+            "hydra.sweep.dir=sweep",
+            cwd=tmp_path,
+            env={"VIT_LAB_DATA": rel},
+        )
+    )
     runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
     assert len(runs) == 2
     for path in runs:
@@ -336,13 +390,23 @@ def test_joblib_sweep_from_another_folder_with_a_relative_data_root(tmp_path):
 # --------------------------------------------------------------------------- upstream parity (toy task, slow)
 
 
-def toy(tmp_path: Path, config: str, *extra: str, sweeper: str = "vit_optuna", name: str = "sweep",
-        storage: bool = True) -> subprocess.CompletedProcess:
+def toy(
+    tmp_path: Path, config: str, *extra: str, sweeper: str = "vit_optuna", name: str = "sweep", storage: bool = True
+) -> subprocess.CompletedProcess:
     """`python -m tests.toy_task -m --config-name <config> hydra/sweeper=<sweeper>`: upstream's example configs,
     switched to this sweeper on the command line."""
     db = [f"hydra.sweeper.storage=sqlite:///{tmp_path}/{name}.db"] if storage else []
-    return run_module("tests.toy_task", "-m", "--config-name", config, f"hydra/sweeper={sweeper}", *db,
-                      f"hydra.sweep.dir={tmp_path}/{name}", *extra, cwd=REPO)
+    return run_module(
+        "tests.toy_task",
+        "-m",
+        "--config-name",
+        config,
+        f"hydra/sweeper={sweeper}",
+        *db,
+        f"hydra.sweep.dir={tmp_path}/{name}",
+        *extra,
+        cwd=REPO,
+    )
 
 
 def toy_study(tmp_path: Path, study: str, name: str = "sweep") -> optuna.Study:
@@ -376,11 +440,13 @@ def test_parity_direction_list_gives_a_pareto_front_and_switches_pruning_off(tmp
     study = toy_study(tmp_path, "multi-objective")
     assert len(study.trials) == 8 and all(len(t.values) == 2 for t in study.trials)
     solutions = results(tmp_path)["solutions"]
-    assert solutions and sorted(tuple(s["values"]) for s in solutions) == sorted(tuple(t.values)
-                                                                                 for t in study.best_trials)
+    assert solutions and sorted(tuple(s["values"]) for s in solutions) == sorted(
+        tuple(t.values) for t in study.best_trials
+    )
     for a in solutions:  # no solution dominates another
-        assert not any(all(p <= q for p, q in zip(b["values"], a["values"])) and b["values"] != a["values"]
-                       for b in solutions)
+        assert not any(
+            all(p <= q for p, q in zip(b["values"], a["values"])) and b["values"] != a["values"] for b in solutions
+        )
 
 
 @pytest.mark.slow
@@ -402,13 +468,20 @@ def test_parity_custom_search_space(tmp_path):
 
 @pytest.mark.slow
 def test_nan_returns_fail_and_the_sweep_goes_on_but_an_all_failed_sweep_exits_non_zero(tmp_path):
-    ok(toy(tmp_path, "sphere", "+nan_above=0", "hydra.sweeper.n_trials=4",
-           name="nan"))  # max_failure_rate 0.0, as upstream's default: NaN is no failure of the job
+    ok(
+        toy(tmp_path, "sphere", "+nan_above=0", "hydra.sweeper.n_trials=4", name="nan")
+    )  # max_failure_rate 0.0, as upstream's default: NaN is no failure of the job
     states = {t.state for t in toy_study(tmp_path, "sphere", "nan").trials}
     assert states == {optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE}
 
-    proc = toy(tmp_path, "sphere", "+error=true", "hydra.sweeper.max_failure_rate=1.0", "hydra.sweeper.n_trials=2",
-               name="all_failed")
+    proc = toy(
+        tmp_path,
+        "sphere",
+        "+error=true",
+        "hydra.sweeper.max_failure_rate=1.0",
+        "hydra.sweeper.n_trials=2",
+        name="all_failed",
+    )
     assert proc.returncode != 0 and "none of the 2 trials of this sweep finished" in proc.stderr
     assert results(tmp_path, "all_failed")["summary"]["trials"] == {"fail": 2}
     # over max_failure_rate, the job's own error and traceback, as upstream
@@ -419,8 +492,17 @@ def test_nan_returns_fail_and_the_sweep_goes_on_but_an_all_failed_sweep_exits_no
 
 @pytest.mark.slow
 def test_joblib_jobs_of_a_task_without_device_get_their_trial_and_can_prune(tmp_path):
-    proc = ok(toy(tmp_path, "sphere", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
-                  "hydra.sweeper.n_trials=4", "+report.prune_above=0"))
+    proc = ok(
+        toy(
+            tmp_path,
+            "sphere",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.n_trials=4",
+            "+report.prune_above=0",
+        )
+    )
     study = toy_study(tmp_path, "sphere")
     assert len(study.trials) == 4
     for t in study.trials:  # each job reported to its own trial, from a joblib worker process

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, data_root, run_train
 
 pytestmark = pytest.mark.slow
@@ -24,8 +23,16 @@ def test_main_job_writes_complete_results_and_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr
     m = read(run_dir / "metrics.json")
     assert m["status"] == "completed" and m["epochs_completed"] == 2
-    for key in ("test_acc", "best_val_acc", "test_loss", "n_params", "train_seconds", "train_images_per_second",
-                "device", "versions"):
+    for key in (
+        "test_acc",
+        "best_val_acc",
+        "test_loss",
+        "n_params",
+        "train_seconds",
+        "train_images_per_second",
+        "device",
+        "versions",
+    ):
         assert key in m, key
     assert 0.0 <= m["test_acc"] <= 1.0 and 0.0 < m["best_val_acc"] <= 1.0
     assert m["best_val_acc"] > 0.15  # 2 tiny epochs beat chance (10%)
@@ -42,8 +49,14 @@ def test_main_job_writes_complete_results_and_resumes(tmp_path):
 
     # the checkpoint continues: one more epoch, from epoch 2
     resumed = tmp_path / "resumed"
-    proc = run_train("model.n_heads=4", "model.hidden_d=16", *TINY, "trainer.epochs=3", f"resume={run_dir}",
-                     f"hydra.run.dir={resumed}")
+    proc = run_train(
+        "model.n_heads=4",
+        "model.hidden_d=16",
+        *TINY,
+        "trainer.epochs=3",
+        f"resume={run_dir}",
+        f"hydra.run.dir={resumed}",
+    )
     assert proc.returncode == 0, proc.stderr
     m2 = read(resumed / "metrics.json")
     assert m2["status"] == "completed" and m2["epochs_completed"] == 3
@@ -53,27 +66,51 @@ def test_main_job_writes_complete_results_and_resumes(tmp_path):
 
 
 def test_tutorial_experiment_runs(tmp_path):
-    proc = run_train("experiment=tutorial", "trainer.epochs=1", "data.train_limit=512", "data.val_size=256",
-                     "data.test_limit=256", "trainer.progress=false", f"hydra.run.dir={tmp_path}")
+    proc = run_train(
+        "experiment=tutorial",
+        "trainer.epochs=1",
+        "data.train_limit=512",
+        "data.val_size=256",
+        "data.test_limit=256",
+        "trainer.progress=false",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr
     m = read(tmp_path / "metrics.json")
     assert m["n_params"] == 1642 and m["status"] == "completed"
 
 
 def test_cnn_baseline_runs_with_smoothing_and_clipping(tmp_path):
-    proc = run_train("model=cnn", "trainer.epochs=1", "data.train_limit=256", "data.val_size=128",
-                     "data.test_limit=128", "trainer.progress=false", "trainer.label_smoothing=0.1",
-                     "trainer.grad_clip=0.5", "optimizer=sgd", "augment=affine", f"hydra.run.dir={tmp_path}")
+    proc = run_train(
+        "model=cnn",
+        "trainer.epochs=1",
+        "data.train_limit=256",
+        "data.val_size=128",
+        "data.test_limit=128",
+        "trainer.progress=false",
+        "trainer.label_smoothing=0.1",
+        "trainer.grad_clip=0.5",
+        "optimizer=sgd",
+        "augment=affine",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr
     m = read(tmp_path / "metrics.json")
     assert m["model"] == "SimpleCNN" and m["status"] == "completed"
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert ckpt["config"]["trainer"]["grad_clip"] == 0.5 and ckpt["config"]["optimizer"]["_target_"] == "torch.optim.SGD"
+    assert (
+        ckpt["config"]["trainer"]["grad_clip"] == 0.5 and ckpt["config"]["optimizer"]["_target_"] == "torch.optim.SGD"
+    )
 
 
 def test_grid_multirun(tmp_path):
-    proc = run_train("-m", "model.patch_size=4,7", *[o for o in TINY if "patch_size" not in o], "trainer.epochs=1",
-                     f"hydra.sweep.dir={tmp_path}")
+    proc = run_train(
+        "-m",
+        "model.patch_size=4,7",
+        *[o for o in TINY if "patch_size" not in o],
+        "trainer.epochs=1",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1"]
@@ -83,24 +120,30 @@ def test_grid_multirun(tmp_path):
 def _assert_one_clear_line(proc, *words):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line
-             and not line.startswith("  ")]
+    lines = [
+        line
+        for line in proc.stderr.splitlines()
+        if line.strip() and "Warning" not in line and not line.startswith("  ")
+    ]
     assert len(lines) == 1, proc.stderr
     for word in words:
         assert word in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("override,words", [
-    ("model.patch_size=5", ["model.patch_size=5", "28x28"]),
-    ("model.n_heads=3", ["model.n_heads=3", "hidden_d=64"]),
-    ("model.depth=two", ["model.depth", "two"]),
-    ("trainer.epochs=0", ["trainer.epochs=0"]),
-    ("device.tune_malloc=maybe", ["device.tune_malloc", "maybe"]),  # wrong types: refused while Hydra composes
-    ("model.attn_kernel=flash", ["model.attn_kernel", "flash", "'auto', 'sdpa', 'explicit'"]),
-    # an index past the last GPU, so the case also holds on machines that have one
-    ("device=cuda" if not torch.cuda.is_available() else "device.name=cuda:99", ["device=cuda"]),
-    ("device=mps", ["device=mps"]),
-])
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("model.patch_size=5", ["model.patch_size=5", "28x28"]),
+        ("model.n_heads=3", ["model.n_heads=3", "hidden_d=64"]),
+        ("model.depth=two", ["model.depth", "two"]),
+        ("trainer.epochs=0", ["trainer.epochs=0"]),
+        ("device.tune_malloc=maybe", ["device.tune_malloc", "maybe"]),  # wrong types: refused while Hydra composes
+        ("model.attn_kernel=flash", ["model.attn_kernel", "flash", "'auto', 'sdpa', 'explicit'"]),
+        # an index past the last GPU, so the case also holds on machines that have one
+        ("device=cuda" if not torch.cuda.is_available() else "device.name=cuda:99", ["device=cuda"]),
+        ("device=mps", ["device=mps"]),
+    ],
+)
 def test_bad_overrides_one_clear_line(tmp_path, override, words):
     proc = run_train(override, f"hydra.run.dir={tmp_path}")
     _assert_one_clear_line(proc, *words)
@@ -119,6 +162,7 @@ def test_train_as_a_library_holds_its_run_dir_only_while_it_runs(mnist_root, tmp
     """train() called in-process (not through main) releases the directory's lock when it returns or fails,
     and leaves a lock its caller took (main() keeps it to record failures) to that caller."""
     from conftest import one_epoch_cfg
+
     from vit_lab.errors import ConfigError
     from vit_lab.io import claim_dir, dir_is_held, release_dir
     from vit_lab.train import train
@@ -158,15 +202,17 @@ class TinyMLP(torch.nn.Module):
     def __init__(self, chw=(1, 28, 28), out_d=10, width=32):
         super().__init__()
         c, h, w = chw
-        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(c * h * w, width), torch.nn.ReLU(),
-                                       torch.nn.Linear(width, out_d))
+        self.net = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(c * h * w, width), torch.nn.ReLU(), torch.nn.Linear(width, out_d)
+        )
 
     def forward(self, x):
         return self.net(x)
 
 
 def compose(*overrides: str):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf")):
         return hydra_compose(config_name="config", overrides=list(overrides))
@@ -174,9 +220,22 @@ def compose(*overrides: str):
 
 def _groups() -> dict[str, list[str]]:
     conf = Path(__file__).resolve().parents[1] / "conf"
-    return {g: sorted(p.stem for p in (conf / g).glob("*.yaml"))
-            for g in ("model", "data", "augment", "optimizer", "scheduler", "device", "trainer", "callbacks", "logger",
-                      "experiment", "debug")}
+    return {
+        g: sorted(p.stem for p in (conf / g).glob("*.yaml"))
+        for g in (
+            "model",
+            "data",
+            "augment",
+            "optimizer",
+            "scheduler",
+            "device",
+            "trainer",
+            "callbacks",
+            "logger",
+            "experiment",
+            "debug",
+        )
+    }
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in _groups().items() for o in opts])
@@ -194,10 +253,10 @@ def test_every_group_option_composes_validates_and_builds_its_callbacks(group, o
 
 def test_the_trainer_needs_no_vit_keys(mnist_root, tmp_path, monkeypatch):
     """model=cnn and a toy model with nothing but its own keys train through the same code, in debug=fast."""
-    import vit_lab.config
+    from conftest import one_epoch_cfg
     from omegaconf import OmegaConf, open_dict
 
-    from conftest import one_epoch_cfg
+    import vit_lab.config
     from vit_lab.train import Job, param_groups, setup, train
 
     monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
@@ -219,6 +278,7 @@ def test_the_trainer_needs_no_vit_keys(mnist_root, tmp_path, monkeypatch):
 
 def test_best_weights_follow_validation_and_survive_resume(mnist_root, tmp_path, monkeypatch):
     from conftest import one_epoch_cfg
+
     from vit_lab.train import train
 
     monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
@@ -249,8 +309,11 @@ def test_metrics_record_the_git_commit_of_the_checkout(tmp_path):
     assert proc.returncode == 0, proc.stderr
     repo = Path(__file__).resolve().parents[1]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                capture_output=True, text=True).stdout.strip())
+    dirty = bool(
+        subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+    )
     assert read(tmp_path / "metrics.json")["git"] == {"commit": head, "dirty": dirty}
 
 
@@ -262,8 +325,14 @@ def test_debug_presets(tmp_path):
     assert m["status"] == "completed" and m["epochs_completed"] == 1
     assert not (tmp_path / "fast" / "checkpoint.pt").exists() and not list((tmp_path / "fast").glob("events.*"))
 
-    overfit = run_train(*tiny, "debug=overfit", "trainer.batch_size=16", "trainer.epochs=60", "optimizer.lr=0.01",
-                        f"hydra.run.dir={tmp_path / 'overfit'}")
+    overfit = run_train(
+        *tiny,
+        "debug=overfit",
+        "trainer.batch_size=16",
+        "trainer.epochs=60",
+        "optimizer.lr=0.01",
+        f"hydra.run.dir={tmp_path / 'overfit'}",
+    )
     assert overfit.returncode == 0, overfit.stderr
     history = read(tmp_path / "overfit" / "history.json")
     assert history[-1]["train_loss"] < 0.05 < history[0]["train_loss"] and history[-1]["val_acc"] == 1.0

@@ -22,16 +22,37 @@ from tests.conftest import data_root
 from vit_lab import storages
 
 STUDY = "vit_optuna-mnist"
-BUDGET = ["data.train_limit=256", "data.val_size=128", "data.test_limit=128", "trainer.batch_size=64",
-          "model.depth=1", "model.hidden_d=16", "model.patch_size=7", "trainer.progress=false", "device.threads=1"]
+BUDGET = [
+    "data.train_limit=256",
+    "data.val_size=128",
+    "data.test_limit=128",
+    "trainer.batch_size=64",
+    "model.depth=1",
+    "model.hidden_d=16",
+    "model.patch_size=7",
+    "trainer.progress=false",
+    "device.threads=1",
+]
 
 
 def worker_cmd(storage: str) -> list[str]:
     """The command every worker runs: one trial at a time, 2 per worker, 6 in the study."""
-    return [sys.executable, "-m", "vit_lab.train", "-m", "hparams_search=vit_optuna", *BUDGET, "trainer.epochs=4",
-            "hydra/sweeper/pruner=nop", f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_jobs=1",
-            "hydra.sweeper.n_trials=2", "hydra.sweeper.total_trials=6", "hydra.sweeper.heartbeat_interval=1",
-            "hydra.sweeper.grace_period=3"]
+    return [
+        sys.executable,
+        "-m",
+        "vit_lab.train",
+        "-m",
+        "hparams_search=vit_optuna",
+        *BUDGET,
+        "trainer.epochs=4",
+        "hydra/sweeper/pruner=nop",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.n_jobs=1",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.total_trials=6",
+        "hydra.sweeper.heartbeat_interval=1",
+        "hydra.sweeper.grace_period=3",
+    ]
 
 
 def start(cmd: list[str], cwd: Path) -> subprocess.Popen:
@@ -69,8 +90,11 @@ def kill_one_mid_trial(tmp_path: Path, workers: list[subprocess.Popen]) -> int:
 @pytest.mark.parametrize("kind", ["postgres", "journal"])
 def test_three_workers_one_killed_mid_trial_and_restarted_fill_the_study(kind, tmp_path, request):
     # plain postgresql:// (the driver is picked), a journal file relative to the workers' folder
-    storage = request.getfixturevalue("postgres_url").replace("postgresql+psycopg://", "postgresql://") \
-        if kind == "postgres" else "journal:///outputs/optuna.log"
+    storage = (
+        request.getfixturevalue("postgres_url").replace("postgresql+psycopg://", "postgresql://")
+        if kind == "postgres"
+        else "journal:///outputs/optuna.log"
+    )
     cmd = worker_cmd(storage)
     workers = [start(cmd, tmp_path) for _ in range(3)]
     killed = kill_one_mid_trial(tmp_path, workers)

@@ -6,7 +6,7 @@ attention rollout (Abnar and Zuidema 2020), figures of both, and a deletion test
     python -m vit_lab.attention RUN_DIR --heads --out heads.png           # every layer and head of one digit
     python -m vit_lab.attention RUN_DIR --pick misclassified              # digits the model gets wrong
     python -m vit_lab.attention RUN_DIR --deletion 200 --fraction 0.1     # mask top-rollout vs random patches
-    python -m vit_lab.attention RUN_DIR --ink 1000                        # attention on strokes vs background, per layer
+    python -m vit_lab.attention RUN_DIR --ink 1000                        # attention on strokes, per layer
 
 The probabilities come from ``MyViT.forward_with_attention``, a side path that every attention style and
 kernel shares and that training never takes. Runs are loaded as ``vit_lab.evaluate`` loads them.
@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -86,8 +87,9 @@ def background(run: LoadedRun) -> torch.Tensor:
 
 
 @torch.no_grad()
-def deletion_test(run: LoadedRun, x: torch.Tensor, y: torch.Tensor, fraction: float = 0.1, draws: int = 5,
-                  seed: int = 0) -> dict[str, Any]:
+def deletion_test(
+    run: LoadedRun, x: torch.Tensor, y: torch.Tensor, fraction: float = 0.1, draws: int = 5, seed: int = 0
+) -> dict[str, Any]:
     """Mask the top ``fraction`` of patches by rollout, and as many random patches (``draws`` times), and compare
     the true-class probability: a faithful map lowers it more than chance does."""
     from scipy import stats
@@ -105,15 +107,36 @@ def deletion_test(run: LoadedRun, x: torch.Tensor, y: torch.Tensor, fraction: fl
     fill = background(run)
     top = true_prob(mask_patches(model, x, rollout(maps, pool).topk(k, dim=1).indices, fill))
     gen = torch.Generator().manual_seed(seed)
-    rand = torch.stack([true_prob(mask_patches(model, x, torch.rand(len(y), model.n_patches, generator=gen)
-                                               .argsort(dim=1)[:, :k].to(x.device), fill)) for _ in range(draws)]).mean(0)
+    rand = torch.stack(
+        [
+            true_prob(
+                mask_patches(
+                    model,
+                    x,
+                    torch.rand(len(y), model.n_patches, generator=gen).argsort(dim=1)[:, :k].to(x.device),
+                    fill,
+                )
+            )
+            for _ in range(draws)
+        ]
+    ).mean(0)
     paired = stats.ttest_rel(top.cpu().numpy(), rand.cpu().numpy(), alternative="less")
-    return {"n": len(y), "fraction": fraction, "patches_masked": k, "patches": model.n_patches, "random_draws": draws,
-            "prob_true_original": base.mean().item(), "prob_true_top_masked": top.mean().item(),
-            "prob_true_random_masked": rand.mean().item(), "drop_top": (base - top).mean().item(),
-            "drop_random": (base - rand).mean().item(), "share_top_lower": (top < rand).float().mean().item(),
-            "paired_t": float(paired.statistic), "p_value": float(paired.pvalue),
-            "faithful": bool((base - top).mean() > (base - rand).mean())}
+    return {
+        "n": len(y),
+        "fraction": fraction,
+        "patches_masked": k,
+        "patches": model.n_patches,
+        "random_draws": draws,
+        "prob_true_original": base.mean().item(),
+        "prob_true_top_masked": top.mean().item(),
+        "prob_true_random_masked": rand.mean().item(),
+        "drop_top": (base - top).mean().item(),
+        "drop_random": (base - rand).mean().item(),
+        "share_top_lower": (top < rand).float().mean().item(),
+        "paired_t": float(paired.statistic),
+        "p_value": float(paired.pvalue),
+        "faithful": bool((base - top).mean() > (base - rand).mean()),
+    }
 
 
 @torch.no_grad()
@@ -127,32 +150,44 @@ def ink_attention(run: LoadedRun, n: int, threshold: int = 128) -> dict[str, Any
     ink = (patchify(raw.float(), model.patch_size).amax(dim=-1) >= threshold).float()  # (B, P)
     tok = token_attention(maps, model.pool)  # (B, L, h, P)
     shares = (tok * ink[:, None, None]).sum(-1) / tok.sum(-1)  # of the attention over patches
-    doc = {"n": len(x), "threshold": threshold, "ink_patch_share": ink.mean().item(),
-           "layers": shares.mean(0).tolist(), "rollout": (rollout(maps, model.pool) * ink).sum(-1).mean().item()}
+    doc = {
+        "n": len(x),
+        "threshold": threshold,
+        "ink_patch_share": ink.mean().item(),
+        "layers": shares.mean(0).tolist(),
+        "rollout": (rollout(maps, model.pool) * ink).sum(-1).mean().item(),
+    }
     if model.pool == "cls":  # what the class token keeps for itself
         doc["cls_self"] = maps[..., 0, 0].mean(dim=(0, 2)).tolist()
     return doc
 
 
 def describe_ink(d: dict[str, Any]) -> list[str]:
-    lines = [f"ink share on {d['n']} test images: {100 * d['ink_patch_share']:.0f}% of patches hold ink (a pixel >= "
-             f"{d['threshold']}); rollout puts {100 * d['rollout']:.0f}% of its weight there"]
+    lines = [
+        f"ink share on {d['n']} test images: {100 * d['ink_patch_share']:.0f}% of patches hold ink (a pixel >= "
+        f"{d['threshold']}); rollout puts {100 * d['rollout']:.0f}% of its weight there"
+    ]
     for i, heads in enumerate(d["layers"]):
         own = f"; the class token keeps {100 * d['cls_self'][i]:.0f}% for itself" if "cls_self" in d else ""
-        lines.append(f"layer {i + 1}: {100 * sum(heads) / len(heads):.0f}% of the attention over patches on ink "
-                     f"(heads: {', '.join(f'{100 * h:.0f}%' for h in heads)}){own}")
+        lines.append(
+            f"layer {i + 1}: {100 * sum(heads) / len(heads):.0f}% of the attention over patches on ink "
+            f"(heads: {', '.join(f'{100 * h:.0f}%' for h in heads)}){own}"
+        )
     return lines
 
 
 def describe_deletion(d: dict[str, Any]) -> str:
-    return (f"{d['n']} test images, {d['patches_masked']} of {d['patches']} patches masked: true-class probability "
-            f"{d['prob_true_original']:.4f} -> {d['prob_true_top_masked']:.4f} (top rollout) vs "
-            f"{d['prob_true_random_masked']:.4f} (random); lower in {100 * d['share_top_lower']:.0f}% of images; "
-            f"paired t {d['paired_t']:.2f}, one-sided p {d['p_value']:.2g}")
+    return (
+        f"{d['n']} test images, {d['patches_masked']} of {d['patches']} patches masked: true-class probability "
+        f"{d['prob_true_original']:.4f} -> {d['prob_true_top_masked']:.4f} (top rollout) vs "
+        f"{d['prob_true_random_masked']:.4f} (random); lower in {100 * d['share_top_lower']:.0f}% of images; "
+        f"paired t {d['paired_t']:.2f}, one-sided p {d['p_value']:.2g}"
+    )
 
 
 def test_images(run: LoadedRun, n: int, pick: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The first ``n`` test images (or the first ``n`` the model gets wrong): (raw uint8, normalised, labels, indices)."""
+    """The first ``n`` test images (or the first ``n`` the model gets wrong): (raw uint8, normalised, labels,
+    indices)."""
     data = run.spec.load(seed=run.cfg.trainer.seed)
     images, labels = data.test_images, data.test_labels
     index = torch.arange(len(labels))
@@ -181,8 +216,9 @@ def draw(cells: list[dict], ncols: int, out: str | Path, title: str, cell_inches
     ``title`` (red when ``wrong``)."""
     plt = _pyplot()
     nrows = math.ceil(len(cells) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_inches * ncols, (cell_inches + 0.15) * nrows + 0.5),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(cell_inches * ncols, (cell_inches + 0.15) * nrows + 0.5), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     for ax, cell in zip(axes.flat, cells):
@@ -226,26 +262,33 @@ def figure(run: LoadedRun, n: int, out: str | Path, mode: str = "rollout", pick:
             cells.append({"image": gray[i], **label(i)})
             cells += [{"image": gray[i], "heat": per_layer[i, d], "title": f"layer {d + 1}"} for d in range(depth)]
             cells.append({"image": gray[i], "heat": roll[i], "title": "rollout"})
-        return draw(cells, depth + 2, out, f"{'Class' if pool == 'cls' else 'Mean'}-token attention per layer "
-                    "(heads averaged), then rollout")
+        return draw(
+            cells,
+            depth + 2,
+            out,
+            f"{'Class' if pool == 'cls' else 'Mean'}-token attention per layer (heads averaged), then rollout",
+        )
     maps_px = to_pixels(model, layer_maps[0].flatten(0, 1)).reshape(depth, heads, *roll.shape[1:]).cpu()
-    cells = [{"image": gray[0], "heat": maps_px[d, h], "title": f"layer {d + 1} head {h + 1}"}
-             for d in range(depth) for h in range(heads)]
+    cells = [
+        {"image": gray[0], "heat": maps_px[d, h], "title": f"layer {d + 1} head {h + 1}"}
+        for d in range(depth)
+        for h in range(heads)
+    ]
     return draw(cells, heads, out, f"Every head of every layer: {label(0)['title']}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from omegaconf.errors import OmegaConfBaseException
-
-    from vit_lab.io import write_json
-
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vit_lab.attention", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data=NAME, data.KEY=VALUE, device=NAME")
     p.add_argument("--weights", choices=tuple(WEIGHTS), default="last")
     p.add_argument("--images", type=int, default=16, help="test images to draw (default 16)")
-    p.add_argument("--pick", choices=("first", "misclassified"), default="first",
-                   help="the first test images, or the first ones the model gets wrong")
+    p.add_argument(
+        "--pick",
+        choices=("first", "misclassified"),
+        default="first",
+        help="the first test images, or the first ones the model gets wrong",
+    )
     view = p.add_mutually_exclusive_group()
     view.add_argument("--layers", action="store_true", help="each layer's map (heads averaged), then the rollout")
     view.add_argument("--heads", action="store_true", help="every layer and head of the first picked image")
@@ -253,9 +296,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--deletion", type=int, metavar="N", help="instead of a figure: the deletion test on N test images")
     p.add_argument("--fraction", type=float, default=0.1, help="share of patches the deletion test masks (default 0.1)")
     p.add_argument("--draws", type=int, default=5, help="random masks per image in the deletion test (default 5)")
-    p.add_argument("--ink", type=int, metavar="N", help="instead of a figure: the share of each layer's and head's "
-                   "attention on patches with ink (strokes) against background, over N test images")
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--ink",
+        type=int,
+        metavar="N",
+        help="instead of a figure: the share of each layer's and head's "
+        "attention on patches with ink (strokes) against background, over N test images",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from omegaconf.errors import OmegaConfBaseException
+
+    from vit_lab.io import write_json
+
+    args = _parser().parse_args(argv)
     try:
         counts = (args.images, args.draws, *(v for v in (args.deletion, args.ink) if v is not None))
         if not 0 < args.fraction < 1 or min(counts) < 1:
@@ -269,12 +325,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.deletion:
             _, x, y, _ = test_images(run, args.deletion, "first")
             doc = deletion_test(run, x, y, args.fraction, args.draws)
-            out = write_json(args.out or run.dir / "deletion.json", {"run_dir": str(run.dir), "weights": run.weights, **doc})
+            out = write_json(
+                args.out or run.dir / "deletion.json", {"run_dir": str(run.dir), "weights": run.weights, **doc}
+            )
             print(f"deletion test: {describe_deletion(doc)}; wrote {out}")
             return 0
         mode = "layers" if args.layers else "heads" if args.heads else "rollout"
-        out = figure(run, args.images, args.out or run.dir / f"attention{'' if mode == 'rollout' else '_' + mode}.png",
-                     mode, args.pick)
+        out = figure(
+            run,
+            args.images,
+            args.out or run.dir / f"attention{'' if mode == 'rollout' else '_' + mode}.png",
+            mode,
+            args.pick,
+        )
     except (UserError, OmegaConfBaseException) as e:
         print(f"vit_lab.attention: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -6,7 +6,8 @@ the config groups ``conf/callbacks/`` and ``conf/logger/``) and calls, callbacks
 - ``on_run_start(cfg, run_dir, resumed)``: once, before the first epoch this process trains. On a resumed run,
   ``run_dir/history.json`` already holds the epochs trained before.
 - ``on_epoch_end(epoch, record)``: after each epoch (1-based), once its record is in ``history.json``; the
-  epoch's checkpoint (with the callbacks' state) and ``metrics.json`` follow, whatever they do. It may end the run by raising :class:`vit_lab.errors.RunStopped` (Optuna's ``TrialPruned``:
+  epoch's checkpoint (with the callbacks' state) and ``metrics.json`` follow, whatever they do. It may end the run by
+  raising :class:`vit_lab.errors.RunStopped` (Optuna's ``TrialPruned``:
   status ``pruned``, no test), or end training early with :class:`StopTraining` (the run tests and completes).
 - ``on_run_end(metrics, status)``: once after ``on_run_start``, on every ending, with the final ``metrics.json``
   content (already written) and ``status``: ``completed``, ``failed``, ``interrupted`` or ``pruned``.
@@ -66,14 +67,21 @@ class EarlyStopping(Callback):
             raise ConfigError(f"callbacks.early_stopping.mode={mode!r} must be max or min")
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ConfigError(f"callbacks.early_stopping.patience={patience!r} must be an integer >= 1")
-        self.monitor, self.sign, self.patience, self.min_delta = monitor, 1 if mode == "max" else -1, patience, min_delta
+        self.monitor, self.sign, self.patience, self.min_delta = (
+            monitor,
+            1 if mode == "max" else -1,
+            patience,
+            min_delta,
+        )
         self.best, self.wait = -math.inf, 0
 
     def on_epoch_end(self, epoch: int, record: dict) -> None:
         value = record.get(self.monitor)
         if value is None:
-            raise ConfigError(f"callbacks.early_stopping.monitor={self.monitor!r} is not in the history; "
-                              f"use one of {', '.join(record)}")
+            raise ConfigError(
+                f"callbacks.early_stopping.monitor={self.monitor!r} is not in the history; "
+                f"use one of {', '.join(record)}"
+            )
         if math.isfinite(value) and self.sign * value > self.best + self.min_delta:
             self.best, self.wait = self.sign * value, 0
             return
@@ -91,7 +99,9 @@ class EarlyStopping(Callback):
 class Callbacks:
     """The run's callbacks and loggers, called in order. A logger that raises is warned about once and left out."""
 
-    def __init__(self, callbacks: dict[str, Callback] | None = None, loggers: dict[str, Callback] | None = None) -> None:
+    def __init__(
+        self, callbacks: dict[str, Callback] | None = None, loggers: dict[str, Callback] | None = None
+    ) -> None:
         self.entries = [(f"callbacks.{k}", c, False) for k, c in (callbacks or {}).items()]
         self.entries += [(f"logger.{k}", c, True) for k, c in (loggers or {}).items()]
         self.started: set[str] = set()
@@ -127,8 +137,14 @@ class Callbacks:
                     continue
                 self.failed.add(name)
                 detail = " ".join(str(e).split())[:300]
-                log.warning("%s failed in %s (%s: %s); it is off for the rest of this run, metrics.json and "
-                            "history.json are complete", name, method, type(e).__name__, detail)
+                log.warning(
+                    "%s failed in %s (%s: %s); it is off for the rest of this run, metrics.json and "
+                    "history.json are complete",
+                    name,
+                    method,
+                    type(e).__name__,
+                    detail,
+                )
         if first is not None:
             raise first
 

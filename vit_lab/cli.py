@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from vit_lab.errors import UserError
 
@@ -62,23 +63,33 @@ def describe(ex: BaseException) -> str | None:
     if _in_own_code(ex):  # raised by the lab's own code: a bug, keep Hydra's report (job traceback)
         return None
     if isinstance(ex, OSError) and ex.filename is not None:  # e.g. an output directory that cannot be created
-        return (f"cannot create or write {ex.filename}: {ex.strerror or type(ex).__name__}; "
-                "choose another hydra.run.dir / hydra.sweep.dir")
+        return (
+            f"cannot create or write {ex.filename}: {ex.strerror or type(ex).__name__}; "
+            "choose another hydra.run.dir / hydra.sweep.dir"
+        )
     if _from_sqlalchemy(ex):  # the Optuna storage: an unreachable server, a SQLite file in a missing folder
         cause = getattr(ex, "orig", None) or ex
-        return (f"cannot use the Optuna storage (hydra.sweeper.storage): {one_line(str(cause))}; check the URL, "
-                "that the server is up, or that a SQLite file's folder exists")
+        return (
+            f"cannot use the Optuna storage (hydra.sweeper.storage): {one_line(str(cause))}; check the URL, "
+            "that the server is up, or that a SQLite file's folder exists"
+        )
     if isinstance(ex, ValueError) and _frames_named(ex, _PARAM_PARSERS):  # e.g. a bad hydra.sweeper.params range
         return f"invalid sweep configuration (hydra.sweeper.params): {one_line(str(ex))}"
     if isinstance(ex, ValueError) and _frames_named(ex, ("best_trial", "best_trials", "best_value", "best_params")):
-        return ("no trial of the sweep completed, so there is no best trial; each failed trial's error is logged "
-                "above and in its run folder's metrics.json")
+        return (
+            "no trial of the sweep completed, so there is no best trial; each failed trial's error is logged "
+            "above and in its run folder's metrics.json"
+        )
     return None
 
 
 # Functions of hydra-optuna-sweeper that parse `hydra.sweeper.params` (a ValueError there is the user's space).
-_PARAM_PARSERS = ("create_optuna_distribution_from_override", "create_params_from_overrides",
-                  "_parse_sweeper_params_config", "_process_searchspace_config")
+_PARAM_PARSERS = (
+    "create_optuna_distribution_from_override",
+    "create_params_from_overrides",
+    "_parse_sweeper_params_config",
+    "_process_searchspace_config",
+)
 
 
 def _frames_named(ex: BaseException, names: tuple[str, ...]) -> bool:
@@ -148,7 +159,8 @@ def one_line_errors() -> Iterator[None]:
 
 
 def cli(main: Callable[[], Any]) -> None:
-    """Run a Hydra main with one-line user errors: ``vit-lab-train`` and ``python -m vit_lab.train`` run ``cli(main)``."""
+    """Run a Hydra main with one-line user errors: ``vit-lab-train`` and ``python -m vit_lab.train`` run
+    ``cli(main)``."""
     from vit_lab.data import pin_data_env
 
     pin_data_env()  # before Hydra starts any job: every launcher and worker inherits the absolute path

@@ -29,13 +29,19 @@ def _count(trainer: Any, key: str) -> int:
 
 def subset(data: ImageData, trainer: Any) -> ImageData:
     """The splits cut to ``limit_batches``, or the overfit batches standing in for both training and validation."""
-    if (n := _count(trainer, "overfit_batches")):
+    if n := _count(trainer, "overfit_batches"):
         x, y = data.train_images[: n * trainer.batch_size], data.train_labels[: n * trainer.batch_size]
         return replace(data, train_images=x, train_labels=y, val_images=x, val_labels=y)
-    if (n := _count(trainer, "limit_batches")):
+    if n := _count(trainer, "limit_batches"):
         train, held_out = n * trainer.batch_size, n * trainer.eval_batch_size
-        return ImageData(data.train_images[:train], data.train_labels[:train], data.val_images[:held_out],
-                         data.val_labels[:held_out], data.test_images[:held_out], data.test_labels[:held_out])
+        return ImageData(
+            data.train_images[:train],
+            data.train_labels[:train],
+            data.val_images[:held_out],
+            data.val_labels[:held_out],
+            data.test_images[:held_out],
+            data.test_labels[:held_out],
+        )
     return data
 
 
@@ -50,9 +56,12 @@ class StepProfiler:
 
         self.active = spec.active
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        self.prof = profile(activities=activities, record_shapes=True,
-                            schedule=schedule(wait=spec.wait, warmup=spec.warmup, active=spec.active, repeat=1),
-                            on_trace_ready=tensorboard_trace_handler(str(self.folder)))
+        self.prof = profile(
+            activities=activities,
+            record_shapes=True,
+            schedule=schedule(wait=spec.wait, warmup=spec.warmup, active=spec.active, repeat=1),
+            on_trace_ready=tensorboard_trace_handler(str(self.folder)),
+        )
 
     def __enter__(self) -> StepProfiler:
         if self.prof is not None:
@@ -70,5 +79,9 @@ class StepProfiler:
         if exc[0] is None and self.prof.profiler is not None:
             table = self.prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
             atomic_write(self.folder / "summary.txt", lambda f: f.write(table + "\n"))
-            log.info("profile of %d training steps in %s: summary.txt, and a .pt.trace.json for Perfetto or "
-                     "chrome://tracing", self.active, self.folder)
+            log.info(
+                "profile of %d training steps in %s: summary.txt, and a .pt.trace.json for Perfetto or "
+                "chrome://tracing",
+                self.active,
+                self.folder,
+            )

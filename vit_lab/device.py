@@ -33,21 +33,30 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("mps" if _mps_available() else "cpu")
     if base == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device={name} was requested but no CUDA GPU is available here; use device=cpu or device=auto")
+            raise DeviceError(
+                f"device={name} was requested but no CUDA GPU is available here; use device=cpu or device=auto"
+            )
         index = torch.device(name).index or 0
         if index >= torch.cuda.device_count():
             raise DeviceError(
-                f"device={name} was requested but only {torch.cuda.device_count()} CUDA device(s) exist; use device=cuda:0"
+                f"device={name} was requested but only {torch.cuda.device_count()} CUDA device(s) exist; "
+                "use device=cuda:0"
             )
     if base == "mps" and not _mps_available():
-        raise DeviceError(f"device={name} was requested but Apple MPS is not available here; use device=cpu or device=auto")
+        raise DeviceError(
+            f"device={name} was requested but Apple MPS is not available here; use device=cpu or device=auto"
+        )
     return torch.device(name)
 
 
 def cpuinfo_has_bf16(cpuinfo: str) -> bool:
     """Whether a /proc/cpuinfo text lists a native bf16 instruction set (AVX512-BF16 or AMX-BF16) in its flags."""
-    flags = {f for line in cpuinfo.splitlines() if line.split(":", 1)[0].strip() == "flags"
-             for f in line.split(":", 1)[-1].split()}
+    flags = {
+        f
+        for line in cpuinfo.splitlines()
+        if line.split(":", 1)[0].strip() == "flags"
+        for f in line.split(":", 1)[-1].split()
+    }
     return any(f in flags for f in CPU_BF16_FLAGS)
 
 
@@ -65,8 +74,10 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     faster than fp32 at the same accuracy, benchmarks/README.md), else fp32 (bf16 was not faster on the GPU measured
     at these model sizes); other names are checked."""
     if precision == "fp16":  # refused rather than trained badly: fp16 gradients underflow without loss scaling
-        raise ConfigError("device.precision=fp16 is not supported: fp16 training needs a gradient scaler, which this "
-                          "trainer does not have; use device.precision=bf16 (fp32's range, no scaler needed) or fp32")
+        raise ConfigError(
+            "device.precision=fp16 is not supported: fp16 training needs a gradient scaler, which this "
+            "trainer does not have; use device.precision=bf16 (fp32's range, no scaler needed) or fp32"
+        )
     if precision not in PRECISION_NAMES:
         raise ConfigError(f"device.precision={precision!r} is unknown; use one of {', '.join(PRECISION_NAMES)}")
     if precision != "auto":
@@ -110,7 +121,8 @@ def tune_malloc() -> bool:
     the step is measured in benchmarks/README.md.
 
     By default glibc serves big blocks (>= 128 KiB, adaptively more) with mmap and gives them back on free,
-    so every training step page-faults its activations in again. Raising the mmap and trim thresholds (the runtime equivalent of MALLOC_MMAP_THRESHOLD_ /
+    so every training step page-faults its activations in again. Raising the mmap and trim thresholds (the runtime
+    equivalent of MALLOC_MMAP_THRESHOLD_ /
     MALLOC_TRIM_THRESHOLD_) keeps them. Returns False where this is not glibc (nothing changed).
     """
     import ctypes

@@ -27,7 +27,8 @@ def check_decay(decay: object) -> None:
 class EMA(AveragedModel):
     """The averaged copy of a model (``.module``), updated after each optimizer step by ``update_parameters(model)``.
 
-    Float buffers are averaged too (batch-norm statistics), as in timm's ModelEma; integer ones are copied. ``n_averaged`` stays on the CPU,
+    Float buffers are averaged too (batch-norm statistics), as in timm's ModelEma; integer ones are copied.
+    ``n_averaged`` stays on the CPU,
     where it was created, so reading it for the warm-up never waits for an accelerator.
     """
 

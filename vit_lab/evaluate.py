@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import yaml
@@ -50,8 +51,9 @@ def read_config(run_dir: Path) -> DictConfig:
         raise UserError(f"{run_dir}: no such directory; pass a run directory that python -m vit_lab.train wrote")
     file = run_dir / ".hydra" / "config.yaml"
     if not file.is_file():
-        raise UserError(f"{run_dir}: not a run directory (no .hydra/config.yaml); pass a folder that "
-                        "python -m vit_lab.train wrote")
+        raise UserError(
+            f"{run_dir}: not a run directory (no .hydra/config.yaml); pass a folder that python -m vit_lab.train wrote"
+        )
     try:
         cfg = OmegaConf.load(file)
     except Exception as e:  # noqa: BLE001 - any unreadable YAML is the same user-facing problem
@@ -70,8 +72,10 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.startswith(OVERRIDABLE):
-            raise ConfigError(f"override {item!r}: use KEY=VALUE with KEY under {', '.join(OVERRIDABLE)} "
-                              "(e.g. data=fashion_mnist, data.test_limit=1000, device=cpu)")
+            raise ConfigError(
+                f"override {item!r}: use KEY=VALUE with KEY under {', '.join(OVERRIDABLE)} "
+                "(e.g. data=fashion_mnist, data.test_limit=1000, device=cpu)"
+            )
         if key in ("data", "device"):
             options = sorted(p.stem for p in (CONF / key).glob("*.yaml"))
             if value not in options:
@@ -108,14 +112,18 @@ def load_weights(run_dir: Path, weights: str) -> tuple[dict, int | None]:
     file = run_dir / WEIGHTS[weights]
     if not file.is_file():
         other = next((k for k, f in WEIGHTS.items() if k != weights and (run_dir / f).is_file()), None)
-        hint = (f"; try --weights {other}" if other
-                else " (trained with trainer.checkpoint=false?); retrain with checkpoints on")
+        hint = (
+            f"; try --weights {other}"
+            if other
+            else " (trained with trainer.checkpoint=false?); retrain with checkpoints on"
+        )
         raise UserError(f"{run_dir} has no {WEIGHTS[weights]}, so no {weights} weights to load{hint}")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise UserError(f"{file} is not a readable checkpoint ({type(e).__name__}); "
-                        "the file is damaged or not this lab's") from None
+        raise UserError(
+            f"{file} is not a readable checkpoint ({type(e).__name__}); the file is damaged or not this lab's"
+        ) from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise UserError(f"{file} holds no model weights (no 'model' state dict)")
     epoch = state.get("epoch")
@@ -135,13 +143,21 @@ def check_architecture(model: torch.nn.Module, state: dict, file: Path) -> None:
     """Weights of another architecture: name the mismatching keys, not a torch traceback."""
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in own
-              if k in state and getattr(state[k], "shape", None) != own[k].shape]
-    problems = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
-                for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if items]
+    shapes = [
+        f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
+        for k in own
+        if k in state and getattr(state[k], "shape", None) != own[k].shape
+    ]
+    problems = [
+        f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+        if items
+    ]
     if problems:
-        raise UserError(f"{file} holds weights of another architecture than the run's .hydra/config.yaml "
-                        f"({'; '.join(problems)}); the run folder mixes files of different runs")
+        raise UserError(
+            f"{file} holds weights of another architecture than the run's .hydra/config.yaml "
+            f"({'; '.join(problems)}); the run folder mixes files of different runs"
+        )
 
 
 def load(run_dir: str | Path, weights: str = "last", overrides: Sequence[str] = ()) -> LoadedRun:
@@ -156,9 +172,11 @@ def load(run_dir: str | Path, weights: str = "last", overrides: Sequence[str] = 
     spec = _build(cfg.data, "data config", _convert_="all")
     spec.validate()
     if (spec.chw, spec.num_classes) != (train_spec.chw, train_spec.num_classes):
-        raise ConfigError(f"data {spec.name!r} has {spec.num_classes} classes of (C,H,W)={spec.chw} images, but the run's "
-                          f"model takes {train_spec.chw} images and predicts {train_spec.num_classes} classes; "
-                          "choose a data config with the same image shape and classes")
+        raise ConfigError(
+            f"data {spec.name!r} has {spec.num_classes} classes of (C,H,W)={spec.chw} images, but the run's "
+            f"model takes {train_spec.chw} images and predicts {train_spec.num_classes} classes; "
+            "choose a data config with the same image shape and classes"
+        )
     model = _build(trained.model, "model", chw=train_spec.chw, out_d=train_spec.num_classes)
     state, epoch = load_weights(run_dir, weights)
     check_architecture(model, state, run_dir / WEIGHTS[weights])
@@ -175,16 +193,30 @@ def batches(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor):
     """The trainer's evaluation batches (its batch size, normalisation and device)."""
     from vit_lab.data import Batches
 
-    return Batches(images, labels, run.cfg.trainer.eval_batch_size, mean=run.spec.mean, std=run.spec.std,
-                   normalize=run.spec.normalize, device=run.device)
+    return Batches(
+        images,
+        labels,
+        run.cfg.trainer.eval_batch_size,
+        mean=run.spec.mean,
+        std=run.spec.std,
+        normalize=run.spec.normalize,
+        device=run.device,
+    )
 
 
 def normalise(run: LoadedRun, images: torch.Tensor) -> torch.Tensor:
     """uint8 images (B, C, H, W) as the trainer feeds them to the model: scaled, normalised, on its device."""
     from vit_lab.data import Batches
 
-    (x, _), = Batches(images, torch.zeros(len(images), dtype=torch.long), max(len(images), 1), mean=run.spec.mean,
-                      std=run.spec.std, normalize=run.spec.normalize, device=run.device)
+    ((x, _),) = Batches(
+        images,
+        torch.zeros(len(images), dtype=torch.long),
+        max(len(images), 1),
+        mean=run.spec.mean,
+        std=run.spec.std,
+        normalize=run.spec.normalize,
+        device=run.device,
+    )
     return x
 
 
@@ -217,12 +249,23 @@ def scores(labels: torch.Tensor, preds: torch.Tensor, k: int) -> dict[str, Any]:
     def ratio(a: int, b: int) -> float | None:
         return a / b if b else None
 
-    per_class = [{"class": c, "support": int(support[c]), "accuracy": ratio(int(tp[c]), int(support[c])),
-                  "precision": ratio(int(tp[c]), int(predicted[c])), "recall": ratio(int(tp[c]), int(support[c]))}
-                 for c in range(k)]
+    per_class = [
+        {
+            "class": c,
+            "support": int(support[c]),
+            "accuracy": ratio(int(tp[c]), int(support[c])),
+            "precision": ratio(int(tp[c]), int(predicted[c])),
+            "recall": ratio(int(tp[c]), int(support[c])),
+        }
+        for c in range(k)
+    ]
     wrong = (preds != labels).nonzero().flatten()
-    return {"confusion": cm.tolist(), "per_class": per_class, "misclassified": wrong.tolist(),
-            "misclassified_as": preds[wrong].tolist()}
+    return {
+        "confusion": cm.tolist(),
+        "per_class": per_class,
+        "misclassified": wrong.tolist(),
+        "misclassified_as": preds[wrong].tolist(),
+    }
 
 
 def evaluate_run(run: LoadedRun) -> dict[str, Any]:
@@ -233,9 +276,18 @@ def evaluate_run(run: LoadedRun) -> dict[str, Any]:
     test = batches(run, data.test_images, data.test_labels)
     loss, acc = evaluate(run.model, test, run.device, run.cfg.device.precision)
     preds, _ = predict_all(run, test)
-    doc = {"run_dir": str(run.dir), "weights": run.weights, "weights_file": WEIGHTS[run.weights], "epoch": run.epoch,
-           "data": run.spec.name, "data_root": str(run.spec.resolve_root()), "split": "test",
-           "n": len(data.test_labels), "accuracy": acc, "loss": loss}
+    doc = {
+        "run_dir": str(run.dir),
+        "weights": run.weights,
+        "weights_file": WEIGHTS[run.weights],
+        "epoch": run.epoch,
+        "data": run.spec.name,
+        "data_root": str(run.spec.resolve_root()),
+        "split": "test",
+        "n": len(data.test_labels),
+        "accuracy": acc,
+        "loss": loss,
+    }
     return {**doc, **scores(data.test_labels, preds, run.spec.num_classes)}
 
 
@@ -259,8 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vit_lab.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data=NAME, data.KEY=VALUE, device=NAME, ...")
-    p.add_argument("--weights", choices=tuple(WEIGHTS), default="last",
-                   help="last (checkpoint.pt, the run's final weights; default) or best (best.pt, best validation)")
+    p.add_argument(
+        "--weights",
+        choices=tuple(WEIGHTS),
+        default="last",
+        help="last (checkpoint.pt, the run's final weights; default) or best (best.pt, best validation)",
+    )
     p.add_argument("--out", metavar="FILE.json", help="where to write (default RUN_DIR/eval[_best][_<data>].json)")
     args = p.parse_args(argv)
     try:
@@ -270,8 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, OmegaConfBaseException) as e:
         print(f"vit_lab.evaluate: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    line = (f"{run.dir}: {args.weights} weights on {doc['data']} test ({doc['n']} images): "
-            f"accuracy {100 * doc['accuracy']:.2f}%, loss {doc['loss']:.4f}")
+    line = (
+        f"{run.dir}: {args.weights} weights on {doc['data']} test ({doc['n']} images): "
+        f"accuracy {100 * doc['accuracy']:.2f}%, loss {doc['loss']:.4f}"
+    )
     metrics = run.dir / METRICS
     if run.same_data and args.weights == "last" and metrics.is_file():
         m = read_json(metrics)

@@ -6,22 +6,28 @@
 Writes docs/learning_curves.png, docs/confusion_vit_cnn.png, docs/confusion_tutorial.png,
 docs/attention_rollout.png, docs/attention_misclassified.png, docs/attention_layers.png and, with ``--sweep``,
 docs/sweep.png; prints the numbers the README quotes (most confused digits, the ViT's and the CNN's shared
-mistakes, the rollout deletion test, the attention's share on strokes per layer). Runs without an ``eval.json`` are evaluated first (``vit_lab.evaluate``).
+mistakes, the rollout deletion test, the attention's share on strokes per layer). Runs without an ``eval.json`` are
+evaluated first (``vit_lab.evaluate``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from vit_lab.compare.runs import RunInfo, discover, natural_key
 from vit_lab.compare.seed_comparison import RUNS
 from vit_lab.errors import UserError
 
-ROWS = {name: label for name, label in zip((n for n, _ in RUNS), ("tutorial (exact)", "tutorial, softmax fixed",
-                                                                    "ViT (default)", "CNN"))}
+ROWS = {
+    name: label
+    for name, label in zip(
+        (n for n, _ in RUNS), ("tutorial (exact)", "tutorial, softmax fixed", "ViT (default)", "CNN")
+    )
+}
 COLORS = {"1-tutorial": "tab:red", "2-tutorial_fixed": "tab:orange", "3-vit": "tab:blue", "4-cnn": "tab:green"}
 
 
@@ -45,11 +51,15 @@ def seed_runs(root: Path) -> dict[str, list[RunInfo]]:
     """The completed runs of each seed-comparison row (``<root>/<row>/seed<k>``), in seed order."""
     if not root.is_dir():
         raise UserError(f"--runs {root}: no such folder; run python -m vit_lab.compare.seed_comparison first")
-    rows = {name: [r for r in discover([root / name]) if r.status == "completed"] if (root / name).is_dir() else []
-            for name in ROWS}
+    rows = {
+        name: [r for r in discover([root / name]) if r.status == "completed"] if (root / name).is_dir() else []
+        for name in ROWS
+    }
     if not rows["3-vit"] or not rows["4-cnn"]:
-        raise UserError(f"--runs {root}: needs completed 3-vit and 4-cnn runs; run python -m "
-                        "vit_lab.compare.seed_comparison (it keeps what is done)")
+        raise UserError(
+            f"--runs {root}: needs completed 3-vit and 4-cnn runs; run python -m "
+            "vit_lab.compare.seed_comparison (it keeps what is done)"
+        )
     return rows
 
 
@@ -79,8 +89,13 @@ def learning_curves(rows: dict[str, list[RunInfo]], out: Path) -> Path:
                 ax.plot(range(1, len(c) + 1), c, color=COLORS[name], alpha=0.3, linewidth=0.8)
             n = min(len(c) for c in curves)
             mean = [sum(c[i] for c in curves) / len(curves) for i in range(n)]
-            ax.plot(range(1, n + 1), mean, color=COLORS[name], linewidth=2,
-                    label=f"{ROWS[name]} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+            ax.plot(
+                range(1, n + 1),
+                mean,
+                color=COLORS[name],
+                linewidth=2,
+                label=f"{ROWS[name]} ({len(curves)} seed{'s' * (len(curves) > 1)})",
+            )
     ax_err.set(yscale="log", xlabel="epoch", ylabel="validation error (%)", title="Validation error (log scale)")
     ax_loss.set(yscale="log", xlabel="epoch", ylabel="training loss", title="Training cross-entropy (log scale)")
     from matplotlib.ticker import FuncFormatter
@@ -117,19 +132,35 @@ def confusion_figure(panels: Sequence[tuple[str, Sequence[dict]]], out: Path) ->
         for t in range(k):
             for p in range(k):
                 if cm[t, p] and (t == p or cm[t, p] >= max(2, 0.05 * np.nanmax(off))):
-                    ax.text(p, t, str(cm[t, p]), ha="center", va="center", fontsize=6 if t == p else 7,
-                            color="white" if t != p and cm[t, p] > 0.6 * np.nanmax(off) else "black")
+                    ax.text(
+                        p,
+                        t,
+                        str(cm[t, p]),
+                        ha="center",
+                        va="center",
+                        fontsize=6 if t == p else 7,
+                        color="white" if t != p and cm[t, p] > 0.6 * np.nanmax(off) else "black",
+                    )
         wrong = n - int(np.trace(cm))
-        ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true",
-               title=f"{title}\n{wrong:,} errors in {n:,} predictions ({len(evals)} seed{'s' * (len(evals) > 1)})")
+        ax.set(
+            xticks=range(k),
+            yticks=range(k),
+            xlabel="predicted",
+            ylabel="true",
+            title=f"{title}\n{wrong:,} errors in {n:,} predictions ({len(evals)} seed{'s' * (len(evals) > 1)})",
+        )
         ax.tick_params(labelsize=8)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="mistakes")
     fig.tight_layout()
     return _save(fig, out)
 
 
-def sweep_figure(sweep: Path, out: Path, keys: Sequence[str] = ("model.patch_size", "model.depth", "model.n_heads"),
-                 metric: str = "best_val_acc") -> Path:
+def sweep_figure(
+    sweep: Path,
+    out: Path,
+    keys: Sequence[str] = ("model.patch_size", "model.depth", "model.n_heads"),
+    metric: str = "best_val_acc",
+) -> Path:
     """The sweep's completed trials: the metric against each parameter (points, the mean per value joined)."""
     from vit_lab.compare.metrics import lookup, metric_value
 
@@ -144,8 +175,12 @@ def sweep_figure(sweep: Path, out: Path, keys: Sequence[str] = ("model.patch_siz
             continue
         ax.scatter(*zip(*pts), alpha=0.7, s=30)
         xs = sorted({x for x, _ in pts})
-        ax.plot(xs, [sum(y for x2, y in pts if x2 == x) / sum(1 for x2, _ in pts if x2 == x) for x in xs],
-                color="tab:orange", label="mean per value")
+        ax.plot(
+            xs,
+            [sum(y for x2, y in pts if x2 == x) / sum(1 for x2, _ in pts if x2 == x) for x in xs],
+            color="tab:orange",
+            label="mean per value",
+        )
         ax.set(xlabel=key, xticks=xs)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{metric.replace('_', ' ')} (%)")
@@ -167,14 +202,17 @@ def shared_mistakes(vit: Sequence[dict], cnn: Sequence[dict]) -> list[str]:
     lines = []
     for i, (a, b) in enumerate(zip(vit, cnn)):
         na, nb, both, chance = shared(a, b)
-        lines.append(f"seed {i}: ViT wrong on {na}, CNN on {nb}, both on {both} (independent mistakes would share "
-                     f"{chance:.1f})")
+        lines.append(
+            f"seed {i}: ViT wrong on {na}, CNN on {nb}, both on {both} (independent mistakes would share {chance:.1f})"
+        )
     for name, evals in (("ViT", vit), ("CNN", cnn)):
         pairs = [shared(evals[i], evals[j]) for i in range(len(evals)) for j in range(i + 1, len(evals))]
         if pairs:
-            lines.append(f"{name} against itself with another seed: both wrong on "
-                         f"{', '.join(str(p[2]) for p in pairs)} of {', '.join(f'{p[0]}/{p[1]}' for p in pairs)} "
-                         f"(seed pairs {', '.join(f'{i}-{j}' for i in range(len(evals)) for j in range(i + 1, len(evals)))})")
+            lines.append(
+                f"{name} against itself with another seed: both wrong on "
+                f"{', '.join(str(p[2]) for p in pairs)} of {', '.join(f'{p[0]}/{p[1]}' for p in pairs)} "
+                f"(seed pairs {', '.join(f'{i}-{j}' for i in range(len(evals)) for j in range(i + 1, len(evals)))})"
+            )
     return lines
 
 
@@ -189,8 +227,11 @@ def report(rows: dict[str, list[RunInfo]], evals: dict[str, list[dict]], deletio
     from vit_lab.attention import deletion_test, describe_deletion, describe_ink, ink_attention, test_images
     from vit_lab.evaluate import load
 
-    lines = [f"most confused (true->predicted, summed over seeds): {ROWS[name]}: {confused(e)}"
-             for name, e in evals.items() if e]
+    lines = [
+        f"most confused (true->predicted, summed over seeds): {ROWS[name]}: {confused(e)}"
+        for name, e in evals.items()
+        if e
+    ]
     lines += shared_mistakes(evals["3-vit"], evals["4-cnn"])
     if deletion:
         for run in rows["3-vit"]:
@@ -209,8 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", default="outputs/seed_comparison", help="the seed comparison's folder")
     p.add_argument("--sweep", help="a sweep folder for docs/sweep.png (accuracy against patch size, depth, heads)")
     p.add_argument("--out", default="docs", help="folder for the PNGs (default docs/)")
-    p.add_argument("--deletion", type=int, default=200, help="test images for the deletion test, x10 for the ink "
-                   "shares (0: skip both)")
+    p.add_argument(
+        "--deletion",
+        type=int,
+        default=200,
+        help="test images for the deletion test, x10 for the ink shares (0: skip both)",
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     try:
@@ -219,15 +264,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         rows = seed_runs(Path(args.runs))
         evals = {name: [ensure_eval(r) for r in runs] for name, runs in rows.items()}
-        written = [learning_curves(rows, out / "learning_curves.png"),
-                   confusion_figure([(ROWS[n], evals[n]) for n in ("3-vit", "4-cnn")], out / "confusion_vit_cnn.png")]
+        written = [
+            learning_curves(rows, out / "learning_curves.png"),
+            confusion_figure([(ROWS[n], evals[n]) for n in ("3-vit", "4-cnn")], out / "confusion_vit_cnn.png"),
+        ]
         if evals["1-tutorial"] and evals["2-tutorial_fixed"]:
-            written.append(confusion_figure([(ROWS[n], evals[n]) for n in ("1-tutorial", "2-tutorial_fixed")],
-                                            out / "confusion_tutorial.png"))
+            written.append(
+                confusion_figure(
+                    [(ROWS[n], evals[n]) for n in ("1-tutorial", "2-tutorial_fixed")], out / "confusion_tutorial.png"
+                )
+            )
         vit = load(min(rows["3-vit"], key=lambda r: natural_key(r.path)).dir)
-        written += [figure(vit, 16, out / "attention_rollout.png"),
-                    figure(vit, 16, out / "attention_misclassified.png", pick="misclassified"),
-                    figure(vit, 4, out / "attention_layers.png", mode="layers")]
+        written += [
+            figure(vit, 16, out / "attention_rollout.png"),
+            figure(vit, 16, out / "attention_misclassified.png", pick="misclassified"),
+            figure(vit, 4, out / "attention_layers.png", mode="layers"),
+        ]
         if args.sweep:
             written.append(sweep_figure(Path(args.sweep), out / "sweep.png"))
         lines = report(rows, evals, args.deletion)

@@ -7,9 +7,9 @@ import json
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
+from typing import Any
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

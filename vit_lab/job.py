@@ -20,6 +20,7 @@ from vit_lab.data import Batches, Dataset
 from vit_lab.errors import ConfigError, Interrupted, UserError
 from vit_lab.records import Run
 
+
 def at_least(cfg: DictConfig, key: str, minimum: float, strict: bool = True) -> None:
     """A range check (the schema, vit_lab/schema.py, has checked the type): a one-line ConfigError naming the key."""
     value = OmegaConf.select(cfg, key)
@@ -33,8 +34,16 @@ def validate_config(cfg: DictConfig) -> Dataset:
     Wrong types and unknown keys never get here: they fail while Hydra composes (``vit_lab/schema.py``)."""
     for key in ("trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size", "optimizer.lr", "trainer.grad_clip"):
         at_least(cfg, key, 0)
-    for key in ("trainer.seed", "trainer.label_smoothing", "optimizer.weight_decay", "trainer.limit_batches",
-                "trainer.overfit_batches", "trainer.profile.wait", "trainer.profile.warmup", "device.threads"):
+    for key in (
+        "trainer.seed",
+        "trainer.label_smoothing",
+        "optimizer.weight_decay",
+        "trainer.limit_batches",
+        "trainer.overfit_batches",
+        "trainer.profile.wait",
+        "trainer.profile.warmup",
+        "device.threads",
+    ):
         at_least(cfg, key, 0, strict=False)
     at_least(cfg, "trainer.profile.active", 1, strict=False)
     if cfg.trainer.label_smoothing >= 1:
@@ -91,8 +100,9 @@ class Job:
         return Interrupted(signum, self.run.dir, saved=bool(self.cfg.trainer.checkpoint))
 
 
-def build_data(cfg: DictConfig, spec: Dataset, device: torch.device) -> tuple[torch.Generator, Batches, Batches,
-                                                                              Batches]:
+def build_data(
+    cfg: DictConfig, spec: Dataset, device: torch.device
+) -> tuple[torch.Generator, Batches, Batches, Batches]:
     """Load the splits (on an accelerator, whole) and cut them into batches; training batches are augmented."""
     trainer = cfg.trainer
     data = spec.load(seed=trainer.seed)
@@ -102,12 +112,23 @@ def build_data(cfg: DictConfig, spec: Dataset, device: torch.device) -> tuple[to
     norm: dict[str, Any] = dict(mean=spec.mean, std=spec.std, normalize=spec.normalize, device=device)
     overfit = bool(trainer.get("overfit_batches"))
     gen = torch.Generator()
-    train = Batches(data.train_images, data.train_labels, trainer.batch_size, shuffle=not overfit,
-                    augment=None if overfit else build(cfg.augment), generator=gen, **norm)
+    train = Batches(
+        data.train_images,
+        data.train_labels,
+        trainer.batch_size,
+        shuffle=not overfit,
+        augment=None if overfit else build(cfg.augment),
+        generator=gen,
+        **norm,
+    )
     if len(train) == 0:
         raise ConfigError("data.train_limit leaves no training images; raise data.train_limit or lower data.val_size")
-    return (gen, train, Batches(data.val_images, data.val_labels, trainer.eval_batch_size, **norm),
-            Batches(data.test_images, data.test_labels, trainer.eval_batch_size, **norm))
+    return (
+        gen,
+        train,
+        Batches(data.val_images, data.val_labels, trainer.eval_batch_size, **norm),
+        Batches(data.test_images, data.test_labels, trainer.eval_batch_size, **norm),
+    )
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:

@@ -16,8 +16,9 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -45,8 +46,10 @@ def read_image(path: str | Path, chw: Sequence[int], invert: bool = False) -> to
         why = " ".join(str(e).split())[:120]
         raise UserError(f"{path}: not a readable PNG, JPEG, GIF or WEBP image ({why})") from None
     if img.shape[0] != c:
-        raise UserError(f"{path}: has {img.shape[0]} channels, but the model takes {c}-channel images "
-                        f"(data.channels={c}); convert the file to {c} channels")
+        raise UserError(
+            f"{path}: has {img.shape[0]} channels, but the model takes {c}-channel images "
+            f"(data.channels={c}); convert the file to {c} channels"
+        )
     if img.dtype != torch.uint8:  # 16-bit PNGs
         img = TF.to_dtype(img, torch.uint8, scale=True)
     if tuple(img.shape[1:]) != (h, w):

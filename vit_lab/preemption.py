@@ -57,8 +57,11 @@ def hand_over(signum: int) -> None:
     the job, requeues it and exits (or raises when it may not requeue: too many timeouts)."""
     handler = signal.getsignal(signum)
     if signum in signals() and callable(handler):
-        log.info("%s: checkpoint saved; submitit requeues job %s, which resumes in this run directory",
-                 signal.Signals(signum).name, job_id())
+        log.info(
+            "%s: checkpoint saved; submitit requeues job %s, which resumes in this run directory",
+            signal.Signals(signum).name,
+            job_id(),
+        )
         handler(signum, None)
 
 
@@ -92,6 +95,10 @@ def resume_from(run_dir: Path, checkpoint: str, metrics: str) -> str | None:
     if mine and (run_dir / checkpoint).is_file():
         return str(run_dir)
     if mine:
-        log.warning("requeued job %s restarts from its first epoch: no %s in %s (set trainer.checkpoint=true to "
-                    "resume)", jid, checkpoint, run_dir)
+        log.warning(
+            "requeued job %s restarts from its first epoch: no %s in %s (set trainer.checkpoint=true to resume)",
+            jid,
+            checkpoint,
+            run_dir,
+        )
     return None

@@ -27,7 +27,6 @@ from vit_lab.run_files import BEST, CHECKPOINT, HISTORY, METRICS
 log = logging.getLogger("vit_lab.train")
 
 
-
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -39,8 +38,14 @@ def versions() -> dict[str, str]:
 
     from vit_lab import __version__
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "hydra": hydra.__version__, "optuna": optuna.__version__, "vit_lab": __version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "hydra": hydra.__version__,
+        "optuna": optuna.__version__,
+        "vit_lab": __version__,
+    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,8 +54,9 @@ def git_info() -> dict[str, Any] | None:
     here = Path(__file__).resolve().parent
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
@@ -65,11 +71,15 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
     path = Path(path)
     file = path / CHECKPOINT if path.is_dir() else path
     if not file.is_file():
-        raise ConfigError(f"resume={path}: no checkpoint found at {file}; point resume at a run directory or its {CHECKPOINT}")
+        raise ConfigError(
+            f"resume={path}: no checkpoint found at {file}; point resume at a run directory or its {CHECKPOINT}"
+        )
     try:
         return file, torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise ConfigError(f"resume={path}: {file} is not a readable checkpoint ({type(e).__name__}); start a fresh run") from None
+        raise ConfigError(
+            f"resume={path}: {file} is not a readable checkpoint ({type(e).__name__}); start a fresh run"
+        ) from None
 
 
 def check_compatible(model: torch.nn.Module, state: dict, where: Path) -> None:
@@ -77,13 +87,21 @@ def check_compatible(model: torch.nn.Module, state: dict, where: Path) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = [f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
-                for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if items]
+    shapes = [
+        f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = [
+        f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+        if items
+    ]
     if problems:
-        raise ConfigError(f"resume={where} holds a different architecture ({'; '.join(problems)}); "
-                          "use the original run's model overrides")
+        raise ConfigError(
+            f"resume={where} holds a different architecture ({'; '.join(problems)}); "
+            "use the original run's model overrides"
+        )
 
 
 class Run:
@@ -117,10 +135,18 @@ class Run:
 
     def add_epoch(self, record: dict) -> None:
         self.history.append(record)
-        log.info("epoch %d/%d train_loss %.4f train_acc %.2f%% val_loss %.4f val_acc %.2f%% lr %.2e %.0f img/s %.1fs",
-                 record["epoch"], self.cfg.trainer.epochs, record["train_loss"], 100 * record["train_acc"],
-                 record["val_loss"], 100 * record["val_acc"], record["lr"], record["images_per_second"],
-                 record["epoch_seconds"])
+        log.info(
+            "epoch %d/%d train_loss %.4f train_acc %.2f%% val_loss %.4f val_acc %.2f%% lr %.2e %.0f img/s %.1fs",
+            record["epoch"],
+            self.cfg.trainer.epochs,
+            record["train_loss"],
+            100 * record["train_acc"],
+            record["val_loss"],
+            100 * record["val_acc"],
+            record["lr"],
+            record["images_per_second"],
+            record["epoch_seconds"],
+        )
         self.write_history()
 
     def save_checkpoint(self, state: dict) -> None:

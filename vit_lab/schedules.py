@@ -10,8 +10,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from vit_lab.errors import ConfigError
 
 
-def warmup_steps(total_steps: int, steps_per_epoch: int, warmup_epochs: float = 1.0,
-                 warmup_fraction: float | None = 0.1) -> int:
+def warmup_steps(
+    total_steps: int, steps_per_epoch: int, warmup_epochs: float = 1.0, warmup_fraction: float | None = 0.1
+) -> int:
     """min(warmup_epochs of steps, warmup_fraction of the run), so a short run is not mostly warmup;
     always at least one step left for the decay."""
     warmup = round(warmup_epochs * steps_per_epoch)
@@ -22,8 +23,14 @@ def warmup_steps(total_steps: int, steps_per_epoch: int, warmup_epochs: float = 
     return max(min(warmup, total_steps - 1), 0)
 
 
-def warmup_cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 1.0,
-                  min_lr_ratio: float = 0.01, warmup_fraction: float | None = 0.1) -> LambdaLR:
+def warmup_cosine(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 1.0,
+    min_lr_ratio: float = 0.01,
+    warmup_fraction: float | None = 0.1,
+) -> LambdaLR:
     """Linear warmup (see ``warmup_steps``), then cosine decay to ``min_lr_ratio`` of the base lr."""
     warmup = warmup_steps(total_steps, steps_per_epoch, warmup_epochs, warmup_fraction)
 

@@ -10,7 +10,7 @@ does); import it before composing with Hydra's compose API in your own code.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from omegaconf import MISSING
 
@@ -29,13 +29,13 @@ class Trainer:
     eval_batch_size: int = 1000
     seed: int = 0
     label_smoothing: float = 0.0
-    grad_clip: Optional[float] = None
-    ema_decay: Optional[float] = None
+    grad_clip: float | None = None
+    ema_decay: float | None = None
     checkpoint: bool = True
-    progress: Union[bool, Literal["auto"]] = "auto"
-    limit_batches: Optional[int] = None
+    progress: bool | Literal["auto"] = "auto"
+    limit_batches: int | None = None
     overfit_batches: int = 0
-    profile: Optional[Profile] = None
+    profile: Profile | None = None
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Device:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # fp16 is refused with its reason (vit_lab.device)
     compile: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    threads: Optional[int] = None
+    threads: int | None = None
     tune_malloc: bool = True
 
 
@@ -77,7 +77,7 @@ class Data:
 
     _target_: str = MISSING
     name: str = MISSING
-    root: Optional[str] = None
+    root: str | None = None
     channels: int = 1
     image_size: list[int] = field(default_factory=lambda: [28, 28])
     num_classes: int = 10
@@ -85,16 +85,16 @@ class Data:
     std: list[float] = MISSING
     normalize: bool = True
     val_size: int = 5000
-    train_limit: Optional[int] = None
-    test_limit: Optional[int] = None
+    train_limit: int | None = None
+    test_limit: int | None = None
 
 
 @dataclass
 class IDXData(Data):
     subdir: str = MISSING
     files: dict[str, str] = MISSING
-    md5: Optional[dict[str, Optional[str]]] = None
-    download: Optional[str] = None
+    md5: dict[str, str | None] | None = None
+    download: str | None = None
     channels_last: bool = False
 
 
@@ -103,18 +103,18 @@ class CIFAR10Data(Data):
     subdir: str = "cifar-10-batches-py"
     train_files: list[str] = MISSING
     test_files: list[str] = MISSING
-    md5: Optional[dict[str, Optional[str]]] = None
-    download: Optional[str] = None
+    md5: dict[str, str | None] | None = None
+    download: str | None = None
 
 
 @dataclass
 class ImageFolderData(Data):
     train_dir: str = "images/train"
-    test_dir: Optional[str] = "images/test"
+    test_dir: str | None = "images/test"
     test_fraction: float = 0.2
     resize: bool = True
     cache: bool = True
-    cache_dir: Optional[str] = None
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -138,7 +138,7 @@ class Optimizer:
 @dataclass
 class Adam(Optimizer):
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    fused: Optional[bool] = None
+    fused: bool | None = None
 
 
 @dataclass
@@ -156,14 +156,23 @@ class Scheduler:
 @dataclass
 class WarmupCosine(Scheduler):
     warmup_epochs: float = 1.0
-    warmup_fraction: Optional[float] = 0.1
+    warmup_fraction: float | None = 0.1
     min_lr_ratio: float = 0.01
 
 
 SCHEMAS: dict[str, type] = {
-    "trainer": Trainer, "device": Device, "model/vit": ViT, "model/cnn": CNN, "data/idx": IDXData,
-    "data/cifar10": CIFAR10Data, "data/image_folder": ImageFolderData, "augment": Augment, "optimizer/adam": Adam,
-    "optimizer/sgd": SGD, "scheduler/constant": Scheduler, "scheduler/warmup_cosine": WarmupCosine,
+    "trainer": Trainer,
+    "device": Device,
+    "model/vit": ViT,
+    "model/cnn": CNN,
+    "data/idx": IDXData,
+    "data/cifar10": CIFAR10Data,
+    "data/image_folder": ImageFolderData,
+    "augment": Augment,
+    "optimizer/adam": Adam,
+    "optimizer/sgd": SGD,
+    "scheduler/constant": Scheduler,
+    "scheduler/warmup_cosine": WarmupCosine,
 }
 
 

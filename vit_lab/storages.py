@@ -25,14 +25,17 @@ from vit_lab.errors import ConfigError
 
 JOURNAL = "journal:///"
 # extras that bring the drivers of URL schemes Optuna users meet most (SQLAlchemy names the module it misses)
-_EXTRAS = {"postgresql": 'pip install -e ".[postgres]" (psycopg)', "mysql": "pip install pymysql and use mysql+pymysql://"}
+_EXTRAS = {
+    "postgresql": 'pip install -e ".[postgres]" (psycopg)',
+    "mysql": "pip install pymysql and use mysql+pymysql://",
+}
 
 
 def journal_file(url: str | None) -> Path | None:
     """The log file of a ``journal:///`` URL (relative unless the path after ``journal:///`` starts with /)."""
     if not url or not url.startswith(JOURNAL):
         return None
-    path = url[len(JOURNAL):]
+    path = url[len(JOURNAL) :]
     if not path:
         raise ConfigError(f"hydra.sweeper.storage={url!r} names no file; use journal:///outputs/optuna.log")
     return Path(path)
@@ -60,8 +63,10 @@ def resolve_url(url: str | None, cwd: str | os.PathLike | None = None) -> str | 
             file.parent.mkdir(parents=True, exist_ok=True)
             return f"{scheme}{file}"
     if url.startswith("journal:"):
-        raise ConfigError(f"hydra.sweeper.storage={url!r}: write a journal file as journal:///relative/path.log "
-                          "or journal:////absolute/path.log")
+        raise ConfigError(
+            f"hydra.sweeper.storage={url!r}: write a journal file as journal:///relative/path.log "
+            "or journal:////absolute/path.log"
+        )
     return _with_driver(url)
 
 
@@ -72,8 +77,10 @@ def _with_driver(url: str) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ConfigError(f"hydra.sweeper.storage={url!r} is neither a SQLAlchemy URL (sqlite:///outputs/optuna.db, "
-                          "postgresql://user@host/db) nor a journal file (journal:///outputs/optuna.log)") from None
+        raise ConfigError(
+            f"hydra.sweeper.storage={url!r} is neither a SQLAlchemy URL (sqlite:///outputs/optuna.db, "
+            "postgresql://user@host/db) nor a journal file (journal:///outputs/optuna.log)"
+        ) from None
     backend = parsed.get_backend_name()
     if parsed.drivername == "postgresql" and _importable("psycopg") and not _importable("psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")  # the driver the postgres extra installs
@@ -83,8 +90,9 @@ def _with_driver(url: str) -> str:
     except (ImportError, NoSuchModuleError) as e:
         ours = parsed.drivername in ("postgresql", "postgresql+psycopg", "mysql", "mysql+pymysql")
         fix = _EXTRAS[backend] if ours else f"install the Python driver of {parsed.drivername}"
-        raise ConfigError(f"hydra.sweeper.storage={safe(url)}: the {backend} driver is not installed "
-                          f"({e}); {fix}") from None
+        raise ConfigError(
+            f"hydra.sweeper.storage={safe(url)}: the {backend} driver is not installed ({e}); {fix}"
+        ) from None
     return parsed.render_as_string(hide_password=False)
 
 

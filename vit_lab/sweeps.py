@@ -56,14 +56,17 @@ def current_trial() -> Any:
     if spec["storage"] not in _STORAGES:  # one per process: a worker runs many jobs, each opening its trial
         _STORAGES[spec["storage"]] = storages.open_storage(spec["storage"])
     storage = _STORAGES[spec["storage"]]
-    pruner = (instantiate(spec["pruner"], _execution_whitelist_=PRUNERS) if spec.get("pruner")
-              else optuna.pruners.NopPruner())
-    study = optuna.load_study(study_name=spec["study"], storage=storage, pruner=pruner,
-                              sampler=optuna.samplers.RandomSampler())
+    pruner = (
+        instantiate(spec["pruner"], _execution_whitelist_=PRUNERS) if spec.get("pruner") else optuna.pruners.NopPruner()
+    )
+    study = optuna.load_study(
+        study_name=spec["study"], storage=storage, pruner=pruner, sampler=optuna.samplers.RandomSampler()
+    )
     # Optuna offers no public way to reopen a running trial in another process; its storage interface maps the
     # number to an id (pyproject.toml pins optuna to the tested range)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(spec["study"]),
-                                                               spec["trial"])
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(spec["study"]), spec["trial"]
+    )
     return optuna.trial.Trial(study, trial_id)
 
 
@@ -105,8 +108,10 @@ class OptunaTrialCallback(Callback):
         if self.last_epoch is not None and epoch >= self.last_epoch:
             return
         if self.trial.should_prune():
-            raise TrialPruned(f"trial {self.trial.number} pruned by {type(self.trial.study.pruner).__name__} "
-                              f"after epoch {epoch} ({self.metric} {value:.4f})")
+            raise TrialPruned(
+                f"trial {self.trial.number} pruned by {type(self.trial.study.pruner).__name__} "
+                f"after epoch {epoch} ({self.metric} {value:.4f})"
+            )
 
     def on_run_end(self, metrics: dict, status: str) -> None:
         pass
@@ -120,8 +125,10 @@ def objectives(cfg: Any) -> list[str]:
     names = _objective_names(cfg)
     bad = [n for n in names if n not in OBJECTIVES]
     if not names or bad:
-        raise ConfigError(f"objectives={names}: list one or more of {', '.join(OBJECTIVES)} (the values the job "
-                          f"returns to a sweep, e.g. objectives=[best_val_acc,n_params] for hparams_search=vit_pareto)")
+        raise ConfigError(
+            f"objectives={names}: list one or more of {', '.join(OBJECTIVES)} (the values the job "
+            f"returns to a sweep, e.g. objectives=[best_val_acc,n_params] for hparams_search=vit_pareto)"
+        )
     return names
 
 
@@ -171,8 +178,12 @@ def trial_counts(study: Any) -> dict[str, int]:
 
 
 def _entry(trial: Any) -> dict[str, Any]:
-    return {"number": trial.number, "run_dir": trial.user_attrs.get(RUN_DIR), "params": dict(trial.params),
-            "test_acc": trial.user_attrs.get(TEST_ACC)}
+    return {
+        "number": trial.number,
+        "run_dir": trial.user_attrs.get(RUN_DIR),
+        "params": dict(trial.params),
+        "test_acc": trial.user_attrs.get(TEST_ACC),
+    }
 
 
 def summary(study: Any) -> dict[str, Any]:

@@ -18,10 +18,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import hydra
 import torch
@@ -41,8 +41,17 @@ from vit_lab.ema import build_ema, check_decay
 from vit_lab.errors import Diverged, Interrupted, RunDirBusy, RunStopped, UserError
 from vit_lab.io import dir_is_held, release_dir
 from vit_lab.job import Job, build_data, build_optimizer, param_groups, validate_config  # noqa: F401
-from vit_lab.records import (BEST, CHECKPOINT, HISTORY, METRICS, Run, check_compatible, finish_with_error,  # noqa: F401
-                             git_info, load_checkpoint, now, versions)
+from vit_lab.records import (
+    CHECKPOINT,
+    METRICS,
+    Run,
+    check_compatible,
+    finish_with_error,  # noqa: F401
+    git_info,
+    load_checkpoint,
+    now,
+    versions,
+)
 
 log = logging.getLogger("vit_lab.train")
 
@@ -109,7 +118,12 @@ class Sums:
 
     def state(self) -> dict:
         """What a checkpoint keeps of a partial epoch, so the resumed epoch reports the same losses and time."""
-        return {"loss": self.loss.item(), "correct": int(self.correct.item()), "seen": self.seen, "seconds": self.seconds()}
+        return {
+            "loss": self.loss.item(),
+            "correct": int(self.correct.item()),
+            "seen": self.seen,
+            "seconds": self.seconds(),
+        }
 
 
 @dataclass
@@ -142,21 +156,51 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
     if ckpt is not None:
         check_compatible(model, ckpt["model"], Path(cfg.resume))
     run = Run(run_dir, cfg)
-    run.write_metrics(device=str(device), versions=versions(), git=git_info(),
-                      n_params=sum(p.numel() for p in model.parameters()), model=type(model).__name__,
-                      resumed_from=str(ckpt_file) if ckpt_file else None, data_root=str(spec.resolve_root()),
-                      precision=precision)
+    run.write_metrics(
+        device=str(device),
+        versions=versions(),
+        git=git_info(),
+        n_params=sum(p.numel() for p in model.parameters()),
+        model=type(model).__name__,
+        resumed_from=str(ckpt_file) if ckpt_file else None,
+        data_root=str(spec.resolve_root()),
+        precision=precision,
+    )
     gen, train, val, test = build_data(cfg, spec, device)
-    log.info("%s with %s parameters on %s; %d train / %d val / %d test images; run dir %s", type(model).__name__,
-             f"{run.metrics['n_params']:,}", device, len(train.labels), len(val.labels), len(test.labels), run_dir)
+    log.info(
+        "%s with %s parameters on %s; %d train / %d val / %d test images; run dir %s",
+        type(model).__name__,
+        f"{run.metrics['n_params']:,}",
+        device,
+        len(train.labels),
+        len(val.labels),
+        len(test.labels),
+        run_dir,
+    )
     log.info("precision %s (device.precision=%s)", precision, cfg.device.precision)
     model.to(device)
     ema = build_ema(model, cfg.trainer.get("ema_decay"))
     step_model = compile_model(model, cfg.device.get("compile_mode", "default")) if cfg.device.compile else model
     opt, sched = build_optimizer(cfg, model, len(train))
-    return Job(cfg, run, device, model, step_model, callbacks, gen, train, val, test, opt, sched,
-               torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
-               debug.StepProfiler(cfg.trainer.get("profile"), run_dir, device), ckpt, ckpt_file, ema)
+    return Job(
+        cfg,
+        run,
+        device,
+        model,
+        step_model,
+        callbacks,
+        gen,
+        train,
+        val,
+        test,
+        opt,
+        sched,
+        torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
+        debug.StepProfiler(cfg.trainer.get("profile"), run_dir, device),
+        ckpt,
+        ckpt_file,
+        ema,
+    )
 
 
 # --------------------------------------------------------------------------- restore and save
@@ -175,26 +219,49 @@ def restore(job: Job) -> State:
     job.gen.set_state(ckpt["gen_state"])
     torch.set_rng_state(ckpt["rng_state"])
     job.callbacks.load_state_dict(ckpt.get("callbacks", {}))
-    state = State(epoch=ckpt["epoch"], step=ckpt["step"], perm=ckpt["perm"], sums=ckpt["sums"],
-                  best_val_acc=ckpt["best_val_acc"], best_epoch=ckpt.get("best_epoch"), train_seconds=ckpt["train_seconds"])
+    state = State(
+        epoch=ckpt["epoch"],
+        step=ckpt["step"],
+        perm=ckpt["perm"],
+        sums=ckpt["sums"],
+        best_val_acc=ckpt["best_val_acc"],
+        best_epoch=ckpt.get("best_epoch"),
+        train_seconds=ckpt["train_seconds"],
+    )
     job.run.history = ckpt["history"]
     job.run.write_history()  # the callbacks of a resumed run find the earlier epochs there
     if job.ckpt_file is not None:
         job.run.carry_best(job.ckpt_file)
-    job.run.write_metrics(epochs_completed=state.epoch, train_seconds=state.train_seconds,
-                          best_val_acc=state.best_val_acc, best_epoch=state.best_epoch)
+    job.run.write_metrics(
+        epochs_completed=state.epoch,
+        train_seconds=state.train_seconds,
+        best_val_acc=state.best_val_acc,
+        best_epoch=state.best_epoch,
+    )
     log.info("resumed from %s at epoch %d, step %d", job.ckpt_file, state.epoch, state.step)
     return state
 
 
 def checkpoint(job: Job, state: State) -> dict:
     """Everything ``restore`` needs to continue exactly from this step."""
-    return {"model": job.model.state_dict(), "optimizer": job.opt.state_dict(), "scheduler": job.sched.state_dict(),
-            "epoch": state.epoch, "step": state.step, "perm": state.perm, "sums": state.sums,
-            "gen_state": job.gen.get_state(), "rng_state": torch.get_rng_state(), "history": job.run.history,
-            "best_val_acc": state.best_val_acc, "best_epoch": state.best_epoch, "train_seconds": state.train_seconds,
-            "callbacks": job.callbacks.state_dict(), "config": OmegaConf.to_container(job.cfg, resolve=True),
-            **({"ema": job.ema.state_dict()} if job.ema is not None else {})}
+    return {
+        "model": job.model.state_dict(),
+        "optimizer": job.opt.state_dict(),
+        "scheduler": job.sched.state_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "perm": state.perm,
+        "sums": state.sums,
+        "gen_state": job.gen.get_state(),
+        "rng_state": torch.get_rng_state(),
+        "history": job.run.history,
+        "best_val_acc": state.best_val_acc,
+        "best_epoch": state.best_epoch,
+        "train_seconds": state.train_seconds,
+        "callbacks": job.callbacks.state_dict(),
+        "config": OmegaConf.to_container(job.cfg, resolve=True),
+        **({"ema": job.ema.state_dict()} if job.ema is not None else {}),
+    }
 
 
 # --------------------------------------------------------------------------- fit, test, finish
@@ -225,8 +292,14 @@ def train_epoch(job: Job, state: State, stop: dict) -> dict:
         state.perm, state.step, state.sums = batches.permutation(), 0, None
     sums = Sums(job.device, state.sums)
     job.model.train()
-    bar = tqdm(total=len(batches), initial=state.step, desc=f"epoch {state.epoch + 1}/{cfg.epochs}", leave=False,
-               disable=not (sys.stderr.isatty() if cfg.progress == "auto" else cfg.progress), dynamic_ncols=True)
+    bar = tqdm(
+        total=len(batches),
+        initial=state.step,
+        desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+        leave=False,
+        disable=not (sys.stderr.isatty() if cfg.progress == "auto" else cfg.progress),
+        dynamic_ncols=True,
+    )
     for x, y in batches.iter_from(state.step, state.perm):
         sums.add(*train_step(job, x, y), y)
         state.step += 1
@@ -245,16 +318,33 @@ def train_epoch(job: Job, state: State, stop: dict) -> dict:
 
 def train_step(job: Job, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of the job's model on a batch, then the weights' average (with ``trainer.ema_decay``)."""
-    loss, out = optimizer_step(job.model, job.step_model, job.criterion, job.opt, job.sched, x, y,
-                               job.cfg.device.precision, job.cfg.trainer.grad_clip)
+    loss, out = optimizer_step(
+        job.model,
+        job.step_model,
+        job.criterion,
+        job.opt,
+        job.sched,
+        x,
+        y,
+        job.cfg.device.precision,
+        job.cfg.trainer.grad_clip,
+    )
     if job.ema is not None:
         job.ema.update_parameters(job.model)
     return loss, out
 
 
-def optimizer_step(model: torch.nn.Module, forward: torch.nn.Module, criterion, opt, sched, x: torch.Tensor,
-                   y: torch.Tensor, precision: str, grad_clip: float | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def optimizer_step(
+    model: torch.nn.Module,
+    forward: torch.nn.Module,
+    criterion,
+    opt,
+    sched,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    precision: str,
+    grad_clip: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward through ``forward`` (the model, or its compiled form), loss on float logits, backward, optional
     clipping, optimizer and schedule step; returns (loss, logits). The benchmarks time this same function."""
     with autocast(x.device, precision):
@@ -273,8 +363,10 @@ def finite_loss(sums: Sums, state: State) -> float:
     """The epoch's mean loss so far; a NaN or infinite one stops the run (checked every 25 steps)."""
     mean = sums.loss.item() / sums.seen
     if not math.isfinite(mean):
-        raise Diverged(f"training loss became {mean} at epoch {state.epoch + 1}, step {state.step}; "
-                       "lower optimizer.lr or set trainer.grad_clip")
+        raise Diverged(
+            f"training loss became {mean} at epoch {state.epoch + 1}, step {state.step}; "
+            "lower optimizer.lr or set trainer.grad_clip"
+        )
     return mean
 
 
@@ -284,10 +376,17 @@ def end_epoch(job: Job, state: State, sums: dict) -> dict:
     val_loss, val_acc = evaluate(job.eval_model, job.val_batches, job.device, job.cfg.device.precision)
     state.epoch, state.step, state.perm, state.sums = state.epoch + 1, 0, None, None
     state.train_seconds += seconds
-    record = {"epoch": state.epoch, "train_loss": sums["loss"] / sums["seen"], "train_acc": sums["correct"] / sums["seen"],
-              "val_loss": val_loss, "val_acc": val_acc, "lr": job.opt.param_groups[0]["lr"],
-              "images_per_second": sums["seen"] / seconds, "epoch_seconds": seconds,
-              "train_seconds": state.train_seconds}
+    record = {
+        "epoch": state.epoch,
+        "train_loss": sums["loss"] / sums["seen"],
+        "train_acc": sums["correct"] / sums["seen"],
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "lr": job.opt.param_groups[0]["lr"],
+        "images_per_second": sums["seen"] / seconds,
+        "epoch_seconds": seconds,
+        "train_seconds": state.train_seconds,
+    }
     job.run.add_epoch(record)
     if math.isfinite(val_acc) and not (val_acc <= state.best_val_acc):  # NaN-safe max
         state.best_val_acc, state.best_epoch = val_acc, state.epoch
@@ -298,18 +397,35 @@ def end_epoch(job: Job, state: State, sums: dict) -> dict:
 def save_epoch(job: Job, state: State) -> None:
     """The epoch's checkpoint, then metrics.json: written in this order, metrics.json is never ahead of it."""
     job.run.save_checkpoint(checkpoint(job, state))
-    job.run.write_metrics(epochs_completed=state.epoch, best_val_acc=state.best_val_acc, best_epoch=state.best_epoch,
-                          val_acc=job.run.history[-1]["val_acc"], train_seconds=state.train_seconds)
+    job.run.write_metrics(
+        epochs_completed=state.epoch,
+        best_val_acc=state.best_val_acc,
+        best_epoch=state.best_epoch,
+        val_acc=job.run.history[-1]["val_acc"],
+        train_seconds=state.train_seconds,
+    )
 
 
 def test(job: Job, state: State) -> None:
     """Evaluate the test set once, with the last weights (their average with EMA), and record the completed run."""
     test_loss, test_acc = evaluate(job.eval_model, job.test_batches, job.device, job.cfg.device.precision)
     images = len(job.train_batches.labels) * len(job.run.history)  # every epoch sees every training image once
-    job.run.write_metrics(status="completed", finished=now(), test_acc=test_acc, test_loss=test_loss,
-                          best_val_acc=state.best_val_acc, train_images_per_second=images / max(state.train_seconds, 1e-9))
-    log.info("test_acc %.2f%% test_loss %.4f best_val_acc %.2f%% train %.1fs; results in %s",
-             100 * test_acc, test_loss, 100 * state.best_val_acc, state.train_seconds, job.run.dir)
+    job.run.write_metrics(
+        status="completed",
+        finished=now(),
+        test_acc=test_acc,
+        test_loss=test_loss,
+        best_val_acc=state.best_val_acc,
+        train_images_per_second=images / max(state.train_seconds, 1e-9),
+    )
+    log.info(
+        "test_acc %.2f%% test_loss %.4f best_val_acc %.2f%% train %.1fs; results in %s",
+        100 * test_acc,
+        test_loss,
+        100 * state.best_val_acc,
+        state.train_seconds,
+        job.run.dir,
+    )
 
 
 def ending(e: BaseException) -> tuple[str, str]:
@@ -352,8 +468,10 @@ def claim_run_dir(run_dir: Path) -> bool:
         return False
     holder = preemption.claim(run_dir)  # claim_dir; a requeued Slurm job waits for its predecessor
     if holder is not None:
-        raise RunDirBusy(f"{run_dir} is in use by another run ({holder}); its files are left alone. "
-                         "Pass hydra.run.dir=<a new folder> (runs started in the same second share a folder)")
+        raise RunDirBusy(
+            f"{run_dir} is in use by another run ({holder}); its files are left alone. "
+            "Pass hydra.run.dir=<a new folder> (runs started in the same second share a folder)"
+        )
     return True
 
 

@@ -1,10 +1,11 @@
 """Config schema of the `vit_optuna` sweeper: the official `OptunaSweeperConf`, plus a pruner and housekeeping."""
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 
 
@@ -32,8 +33,8 @@ class ThresholdPrunerConf:
     """Prune every trial whose val_acc is below `lower` (useful in tests and for sanity floors)."""
 
     _target_: str = "optuna.pruners.ThresholdPruner"
-    lower: Optional[float] = None
-    upper: Optional[float] = None
+    lower: float | None = None
+    upper: float | None = None
     n_warmup_steps: int = 0
 
 
@@ -48,7 +49,7 @@ class VitOptunaSweeperConf(OptunaSweeperConf):
     max_failure_rate, params, custom_search_space), plus pruning, worker bookkeeping and thread division."""
 
     _target_: str = "hydra_plugins.vit_lab_sweeper.vit_optuna_sweeper.VitOptunaSweeper"
-    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
 
     # Stops unpromising trials from their per-epoch reports (needs a storage): hydra/sweeper/pruner=median (default),
     # hyperband, threshold or nop (no pruning; hydra.sweeper.pruner=null works too). Multi-objective studies are
@@ -58,10 +59,10 @@ class VitOptunaSweeperConf(OptunaSweeperConf):
     # Heartbeat (seconds) of the trials this process runs; a RUNNING trial whose heartbeat is older than grace_period
     # (its worker was killed) is marked FAIL by the next worker that asks for a trial. Live workers keep beating.
     heartbeat_interval: int = 30
-    grace_period: Optional[int] = 120
+    grace_period: int | None = 120
     # The study's target for independent workers: stop asking once the study holds this many COMPLETE, PRUNED or
     # RUNNING trials (FAIL ones are replaced). null: only n_trials (per sweep process) counts.
-    total_trials: Optional[int] = None
+    total_trials: int | None = None
     # Set device.threads = cores // parallel jobs for local parallel launchers (joblib, submitit_local) when the
     # task config has a device.threads key left null.
     divide_threads: bool = True
@@ -69,6 +70,10 @@ class VitOptunaSweeperConf(OptunaSweeperConf):
 
 cs = ConfigStore.instance()
 cs.store(group="hydra/sweeper", name="vit_optuna", node=VitOptunaSweeperConf, provider="vit_lab")
-for _name, _node in (("median", MedianPrunerConf), ("hyperband", HyperbandPrunerConf),
-                     ("threshold", ThresholdPrunerConf), ("nop", NopPrunerConf)):
+for _name, _node in (
+    ("median", MedianPrunerConf),
+    ("hyperband", HyperbandPrunerConf),
+    ("threshold", ThresholdPrunerConf),
+    ("nop", NopPrunerConf),
+):
     cs.store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="vit_lab")

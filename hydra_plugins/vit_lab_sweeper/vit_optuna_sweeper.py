@@ -54,10 +54,23 @@ class SweepFailed(HydraException):
 class VitOptunaSweeper(Sweeper):
     """The `vit_optuna` sweeper (see the module docstring); its settings are `config.VitOptunaSweeperConf`."""
 
-    def __init__(self, sampler: Any, direction: Any, storage: Any | None, study_name: str | None, n_trials: int,
-                 n_jobs: int, max_failure_rate: float, custom_search_space: str | None, params: DictConfig | None,
-                 pruner: Any = None, heartbeat_interval: int | None = 30, grace_period: int | None = 120,
-                 total_trials: int | None = None, divide_threads: bool = True) -> None:
+    def __init__(
+        self,
+        sampler: Any,
+        direction: Any,
+        storage: Any | None,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        custom_search_space: str | None,
+        params: DictConfig | None,
+        pruner: Any = None,
+        heartbeat_interval: int | None = 30,
+        grace_period: int | None = 120,
+        total_trials: int | None = None,
+        divide_threads: bool = True,
+    ) -> None:
         from vit_lab.errors import ConfigError
 
         if not 0.0 <= max_failure_rate <= 1.0:
@@ -65,8 +78,9 @@ class VitOptunaSweeper(Sweeper):
         self.sampler_conf, self.directions = sampler, _directions(direction)
         self.storage_conf, self.study_name = storage, study_name
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, max(1, n_jobs), max_failure_rate
-        self.extender = (instantiate({"_target_": custom_search_space, "_partial_": True})
-                         if custom_search_space else None)
+        self.extender = (
+            instantiate({"_target_": custom_search_space, "_partial_": True}) if custom_search_space else None
+        )
         self.params = params
         self.pruner = OmegaConf.to_container(pruner, resolve=True) if isinstance(pruner, DictConfig) else pruner
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
@@ -75,8 +89,9 @@ class VitOptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
-                                                                 task_function=task_function)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
 
     def sweep(self, arguments: list[str]) -> None:
         from vit_lab import storages
@@ -89,17 +104,25 @@ class VitOptunaSweeper(Sweeper):
         study, storage, session = self._open_study(space, self._objective_names())
         if len(self.directions) > 1 and self.pruner:
             if _pruner_name(self.pruner) != "NopPruner":
-                log.warning("vit_optuna: a multi-objective study cannot be pruned (Optuna prunes one objective): "
-                            "pruning is off, %s is ignored and every trial trains its full budget "
-                            "(hydra/sweeper/pruner=nop avoids this warning)", _pruner_name(self.pruner))
+                log.warning(
+                    "vit_optuna: a multi-objective study cannot be pruned (Optuna prunes one objective): "
+                    "pruning is off, %s is ignored and every trial trains its full budget "
+                    "(hydra/sweeper/pruner=nop avoids this warning)",
+                    _pruner_name(self.pruner),
+                )
             self.pruner = None
         elif self.url is None and self.pruner:
             log.info("vit_optuna: no hydra.sweeper.storage, so jobs cannot report to the study: pruning is off")
         heartbeat = Heartbeat(storage, study, self.heartbeat_interval, self.grace_period)
-        log.info("vit_optuna: study %r in %s (session %d, %d trials so far, %s)%s", study.study_name,
-                 storages.safe(self.url) if self.url else "memory", session, len(study.trials),
-                 type(study.sampler).__name__, f"; watch it: optuna-dashboard {storages.dashboard_target(self.url)}"
-                 if self.url else "")
+        log.info(
+            "vit_optuna: study %r in %s (session %d, %d trials so far, %s)%s",
+            study.study_name,
+            storages.safe(self.url) if self.url else "memory",
+            session,
+            len(study.trials),
+            type(study.sampler).__name__,
+            f"; watch it: optuna-dashboard {storages.dashboard_target(self.url)}" if self.url else "",
+        )
         try:
             with warnings.catch_warnings():  # the heartbeat is this sweeper's own (it asks and tells)
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -119,9 +142,11 @@ class VitOptunaSweeper(Sweeper):
         if not isinstance(names, ListConfig):
             return None
         if len(names) != len(self.directions):
-            raise ConfigError(f"objectives={list(names)} returns {len(names)} value(s) but hydra.sweeper.direction="
-                              f"{self.directions} expects {len(self.directions)}: give one direction per objective "
-                              "(hparams_search=vit_pareto: objectives=[best_val_acc,n_params], [maximize,minimize])")
+            raise ConfigError(
+                f"objectives={list(names)} returns {len(names)} value(s) but hydra.sweeper.direction="
+                f"{self.directions} expects {len(self.directions)}: give one direction per objective "
+                "(hparams_search=vit_pareto: objectives=[best_val_acc,n_params], [maximize,minimize])"
+            )
         return [str(n) for n in names]
 
     def _open_study(self, space: dict, names: list[str] | None = None) -> tuple[Any, Any, int]:
@@ -134,12 +159,15 @@ class VitOptunaSweeper(Sweeper):
 
         with storages.storage_lock(self.url, self.study_name or ""):  # also the first worker's table creation
             storage = storages.open_storage(self.url, self.heartbeat_interval, self.grace_period)
-            study = optuna.create_study(study_name=self.study_name, storage=storage, directions=self.directions,
-                                        load_if_exists=True)
+            study = optuna.create_study(
+                study_name=self.study_name, storage=storage, directions=self.directions, load_if_exists=True
+            )
             found = [d.name.lower() for d in study.directions]
             if found != self.directions:
-                raise ConfigError(f"hydra.sweeper.direction={self.directions} does not match study "
-                                  f"{study.study_name!r}, created with {found}; use another hydra.sweeper.study_name")
+                raise ConfigError(
+                    f"hydra.sweeper.direction={self.directions} does not match study "
+                    f"{study.study_name!r}, created with {found}; use another hydra.sweeper.study_name"
+                )
             if names and study.metric_names != names:
                 with warnings.catch_warnings():  # "experimental" since Optuna 3.2; read by compare and the dashboard
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -147,8 +175,9 @@ class VitOptunaSweeper(Sweeper):
             session = study.user_attrs.get(SESSIONS, 0)
             study.set_user_attr(SESSIONS, session + 1)
         sampler = self._sampler(space, session)
-        study = optuna.load_study(study_name=study.study_name, storage=storage, sampler=sampler,
-                                  pruner=optuna.pruners.NopPruner())  # the jobs prune, with the configured pruner
+        study = optuna.load_study(
+            study_name=study.study_name, storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner()
+        )  # the jobs prune, with the configured pruner
         return study, storage, session
 
     def _sampler(self, space: dict, session: int) -> Any:
@@ -161,8 +190,9 @@ class VitOptunaSweeper(Sweeper):
             conf = OmegaConf.to_container(conf, resolve=True)
             if conf.get("seed") is not None and session and not conf.get("_partial_"):
                 conf["seed"] += session
-                log.info("vit_optuna: sampler seed %d (seed %d + session %d)", conf["seed"], conf["seed"] - session,
-                         session)
+                log.info(
+                    "vit_optuna: sampler seed %d (seed %d + session %d)", conf["seed"], conf["seed"] - session, session
+                )
             conf = instantiate(conf, _execution_whitelist_=SAMPLERS)
         if isinstance(conf, functools.partial) and conf.func is optuna.samplers.GridSampler:
             grid = {name: _grid_choices(dist) for name, dist in space.items()}
@@ -217,8 +247,10 @@ class VitOptunaSweeper(Sweeper):
             if self.extender is not None:
                 self.extender(self.config, t)
             if t.params.keys() & t.user_attrs.keys():
-                raise ValueError(f"Overlapping fixed parameters and search space parameters found! Overlapping "
-                                 f"parameters: {sorted(t.params.keys() & t.user_attrs.keys())}")
+                raise ValueError(
+                    f"Overlapping fixed parameters and search space parameters found! Overlapping "
+                    f"parameters: {sorted(t.params.keys() & t.user_attrs.keys())}"
+                )
         return trials
 
     def _overrides(self, study: Any, trial: Any, fixed: dict, fixed_overrides: list) -> list[str]:
@@ -229,8 +261,12 @@ class VitOptunaSweeper(Sweeper):
             overrides.append(sweeps.trial_env_override(self.url, study.study_name, trial.number, self.pruner))
         parallel = self._parallel_local_jobs()
         user_set = any(o.split("=", 1)[0].lstrip("+~") == "device.threads" for o in overrides)
-        if self.divide_threads and parallel > 1 and not user_set \
-                and OmegaConf.select(self.config, "device.threads", default=_ABSENT) is None:
+        if (
+            self.divide_threads
+            and parallel > 1
+            and not user_set
+            and OmegaConf.select(self.config, "device.threads", default=_ABSENT) is None
+        ):
             overrides.append(f"device.threads={sweeps.threads_per_job(parallel)}")
         return overrides
 
@@ -256,9 +292,14 @@ class VitOptunaSweeper(Sweeper):
         if ret.status == JobStatus.FAILED and metrics.get("status") == "running":  # a vit_lab job that crashed
             write_metrics(run_dir, {**metrics, "status": "failed", "reason": out.reason})
         status = {optuna.trial.TrialState.PRUNED: "pruned", optuna.trial.TrialState.FAIL: "failed"}.get(
-            out.state, metrics.get("status") or "completed")
-        attrs = {sweeps.RUN_DIR: run_dir, sweeps.STATUS: status, sweeps.REASON: out.reason,
-                 sweeps.TEST_ACC: metrics.get("test_acc")}
+            out.state, metrics.get("status") or "completed"
+        )
+        attrs = {
+            sweeps.RUN_DIR: run_dir,
+            sweeps.STATUS: status,
+            sweeps.REASON: out.reason,
+            sweeps.TEST_ACC: metrics.get("test_acc"),
+        }
         try:
             for key, value in attrs.items():
                 if value is not None:
@@ -277,14 +318,20 @@ class VitOptunaSweeper(Sweeper):
         failed = [(t, ret, o) for t, ret, o in zip(trials, returns, outcomes) if o.counts]
         if not failed or len(failed) / len(returns) <= self.max_failure_rate:
             return
-        log.error("vit_optuna: %d of %d trials of the batch failed (max_failure_rate=%s)", len(failed), len(returns),
-                  self.max_failure_rate)
+        log.error(
+            "vit_optuna: %d of %d trials of the batch failed (max_failure_rate=%s)",
+            len(failed),
+            len(returns),
+            self.max_failure_rate,
+        )
         for _, ret, _ in failed:
             if ret.status == JobStatus.FAILED:
                 ret.return_value  # noqa: B018 - raises the job's exception, traceback and all
         reasons = "; ".join(f"trial {t.number}: {o.reason}" for t, _, o in failed)
-        raise SweepFailed(f"vit_optuna sweeper: {len(failed)} of {len(returns)} trials of a batch failed, more than "
-                          f"hydra.sweeper.max_failure_rate={self.max_failure_rate} allows: {reasons}")
+        raise SweepFailed(
+            f"vit_optuna sweeper: {len(failed)} of {len(returns)} trials of a batch failed, more than "
+            f"hydra.sweeper.max_failure_rate={self.max_failure_rate} allows: {reasons}"
+        )
 
     def _finish(self, study: Any, ran: list[int]) -> None:
         """optimization_results.yaml (upstream's keys plus a summary), the summary in the log, and an error when
@@ -310,8 +357,10 @@ class VitOptunaSweeper(Sweeper):
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         if mine and not any(t.state in finished for t in mine):
             reasons = "; ".join(f"trial {t.number}: {t.user_attrs.get(sweeps.REASON, t.state.name)}" for t in mine)
-            raise SweepFailed(f"vit_optuna sweeper: none of the {len(mine)} trials of this sweep finished "
-                              f"(each failed: {reasons}); see each run folder's log")
+            raise SweepFailed(
+                f"vit_optuna sweeper: none of the {len(mine)} trials of this sweep finished "
+                f"(each failed: {reasons}); see each run folder's log"
+            )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -352,12 +401,25 @@ def _log_summary(study: Any, info: dict, path: Path) -> None:
     counts = ", ".join(f"{n} {k}" for k, n in sorted(info["trials"].items()))
     best = info.get("best_trial")
     if "pareto_front" in info:
-        log.info("vit_optuna: study %r: %s; %d trials on the Pareto front (python -m vit_lab.compare %s lists them)",
-                 study.study_name, counts, len(info["pareto_front"]), path.parent)
+        log.info(
+            "vit_optuna: study %r: %s; %d trials on the Pareto front (python -m vit_lab.compare %s lists them)",
+            study.study_name,
+            counts,
+            len(info["pareto_front"]),
+            path.parent,
+        )
     elif best:
         test = f", test_acc {best['test_acc']:.4f}" if best.get("test_acc") is not None else ""
-        log.info("vit_optuna: study %r: %s. Best trial %d: value %.4f%s, params %s, run dir %s",
-                 study.study_name, counts, best["number"], best["value"], test, best["params"], best["run_dir"])
+        log.info(
+            "vit_optuna: study %r: %s. Best trial %d: value %.4f%s, params %s, run dir %s",
+            study.study_name,
+            counts,
+            best["number"],
+            best["value"],
+            test,
+            best["params"],
+            best["run_dir"],
+        )
     else:
         log.info("vit_optuna: study %r: %s; no completed trial", study.study_name, counts)
     log.info("vit_optuna: results in %s", path)

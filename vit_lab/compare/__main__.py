@@ -1,17 +1,17 @@
 """`python -m vit_lab.compare`: see, rank, diff and plot runs.
 
-    python -m vit_lab.compare                                  # every run under outputs/
-    python -m vit_lab.compare outputs/multirun/2026-11-27/10-00-00 outputs/runs
-    python -m vit_lab.compare --sort test_acc --top 10 --where model.patch_size=4
-    python -m vit_lab.compare --format markdown|csv|json
-    python -m vit_lab.compare diff RUN_A RUN_B
-    python -m vit_lab.compare outputs/seed_comparison --group-by model --test test_acc
-    python -m vit_lab.compare diff outputs/seed_comparison/3-vit outputs/seed_comparison/4-cnn
-    python -m vit_lab.compare --plot curves.png
-    python -m vit_lab.compare RUN_A RUN_B --plot tta.png --time             # validation accuracy against time
-    python -m vit_lab.compare --plot sweep.png --x model.patch_size
-    python -m vit_lab.compare outputs/multirun/... --plot history.png --history
-    python -m vit_lab.compare outputs/multirun/... --plot pareto.png --pareto   # a multi-objective sweep
+python -m vit_lab.compare                                  # every run under outputs/
+python -m vit_lab.compare outputs/multirun/2026-11-27/10-00-00 outputs/runs
+python -m vit_lab.compare --sort test_acc --top 10 --where model.patch_size=4
+python -m vit_lab.compare --format markdown|csv|json
+python -m vit_lab.compare diff RUN_A RUN_B
+python -m vit_lab.compare outputs/seed_comparison --group-by model --test test_acc
+python -m vit_lab.compare diff outputs/seed_comparison/3-vit outputs/seed_comparison/4-cnn
+python -m vit_lab.compare --plot curves.png
+python -m vit_lab.compare RUN_A RUN_B --plot tta.png --time             # validation accuracy against time
+python -m vit_lab.compare --plot sweep.png --x model.patch_size
+python -m vit_lab.compare outputs/multirun/... --plot history.png --history
+python -m vit_lab.compare outputs/multirun/... --plot pareto.png --pareto   # a multi-objective sweep
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import argparse
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from vit_lab.compare.columns import build_columns
 from vit_lab.compare.errors import NoRunsError, UsageError
@@ -40,47 +40,96 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _table_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Compare run directories: a table of runs (sorted, filtered), Optuna sweep "
-                "summaries and plots. `diff RUN_A RUN_B` compares two runs.",
-                epilog=f"Two runs: {PROG} diff RUN_A RUN_B [--format table|markdown|json]. Keys are metrics "
-                "(test_acc, best_val_acc, test_loss, params, epochs, time, img/s), group choices (model, "
-                "experiment) or config keys (model.patch_size).")
+    p = _Parser(
+        prog=PROG,
+        description="Compare run directories: a table of runs (sorted, filtered), Optuna sweep "
+        "summaries and plots. `diff RUN_A RUN_B` compares two runs.",
+        epilog=f"Two runs: {PROG} diff RUN_A RUN_B [--format table|markdown|json]. Keys are metrics "
+        "(test_acc, best_val_acc, test_loss, params, epochs, time, img/s), group choices (model, "
+        "experiment) or config keys (model.patch_size).",
+    )
     p.add_argument("paths", nargs="*", default=["outputs"], help="run or sweep folders to search (default: outputs/)")
     p.add_argument("--sort", metavar="KEY", help="sort by a metric (accuracies high first) or config key")
     p.add_argument("--reverse", action="store_true", help="flip the sort order")
     p.add_argument("--top", type=int, metavar="N", help="show the first N runs after sorting")
-    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                   help="keep runs where KEY=VALUE (also !=, <, <=, >, >=); repeatable, all must hold")
-    p.add_argument("--columns", metavar="LIST", help="comma-separated: path, status, choices, diff, metrics, note, "
-                   "or any metric, choice or config key (default: path,status,choices,diff,metrics,note)")
-    p.add_argument("--format", choices=FORMATS, default="table", help="table (default, fits the terminal), "
-                   "markdown, csv or json (full precision)")
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep runs where KEY=VALUE (also !=, <, <=, >, >=); repeatable, all must hold",
+    )
+    p.add_argument(
+        "--columns",
+        metavar="LIST",
+        help="comma-separated: path, status, choices, diff, metrics, note, "
+        "or any metric, choice or config key (default: path,status,choices,diff,metrics,note)",
+    )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="table (default, fits the terminal), markdown, csv or json (full precision)",
+    )
     p.add_argument("--width", type=int, metavar="N", help="terminal width to fit (default: the terminal's, else 80)")
-    p.add_argument("--plot", metavar="FILE.png", help="write a PNG: learning curves; with --x a metric against "
-                   "a parameter; with --history the Optuna optimisation history; with --pareto a study's Pareto front")
-    p.add_argument("--x", metavar="KEY", help="with --plot: the parameter for the x axis (e.g. model.patch_size)")
-    p.add_argument("--y", metavar="METRIC", help="with --plot --x: the metric (default: the sort metric, else test_acc)")
-    p.add_argument("--time", action="store_true", help="with --plot: time to accuracy, validation accuracy "
-                   "against cumulative training time, one line per run")
-    p.add_argument("--history", action="store_true", help="with --plot: the Optuna studies' optimisation history")
-    p.add_argument("--pareto", action="store_true", help="with --plot: the Pareto front of a multi-objective study")
-    p.add_argument("--no-sweeps", action="store_true", help="skip the Optuna sweep summaries")
-    p.add_argument("--group-by", metavar="KEYS", help="statistics per group of runs instead of one row per run: "
-                   "comma-separated choices or config keys (e.g. model or model,trainer.epochs); mean ± 95%% CI, "
-                   "sd and n of each --stats metric over completed runs")
-    p.add_argument("--stats", metavar="LIST", help="with --group-by: the metrics (default test_acc,best_val_acc,test_loss)")
-    p.add_argument("--test", metavar="METRIC", nargs="?", const="test_acc",
-                   help="with --group-by: Welch's t-test of METRIC (default test_acc) for every pair of groups")
+    _add_plot_args(p)
+    _add_group_args(p)
     return p
 
 
+def _add_plot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="write a PNG: learning curves; with --x a metric against "
+        "a parameter; with --history the Optuna optimisation history; with --pareto a study's Pareto front",
+    )
+    p.add_argument("--x", metavar="KEY", help="with --plot: the parameter for the x axis (e.g. model.patch_size)")
+    p.add_argument(
+        "--y", metavar="METRIC", help="with --plot --x: the metric (default: the sort metric, else test_acc)"
+    )
+    p.add_argument(
+        "--time",
+        action="store_true",
+        help="with --plot: time to accuracy, validation accuracy against cumulative training time, one line per run",
+    )
+    p.add_argument("--history", action="store_true", help="with --plot: the Optuna studies' optimisation history")
+    p.add_argument("--pareto", action="store_true", help="with --plot: the Pareto front of a multi-objective study")
+    p.add_argument("--no-sweeps", action="store_true", help="skip the Optuna sweep summaries")
+
+
+def _add_group_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--group-by",
+        metavar="KEYS",
+        help="statistics per group of runs instead of one row per run: "
+        "comma-separated choices or config keys (e.g. model or model,trainer.epochs); mean ± 95%% CI, "
+        "sd and n of each --stats metric over completed runs",
+    )
+    p.add_argument(
+        "--stats", metavar="LIST", help="with --group-by: the metrics (default test_acc,best_val_acc,test_loss)"
+    )
+    p.add_argument(
+        "--test",
+        metavar="METRIC",
+        nargs="?",
+        const="test_acc",
+        help="with --group-by: Welch's t-test of METRIC (default test_acc) for every pair of groups",
+    )
+
+
 def _diff_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=f"{PROG} diff", description="Differing config keys side by side, and metric differences; for "
-                "two folders of several runs each (e.g. seeds), each side's mean ± 95% CI and Welch's t-test.")
+    p = _Parser(
+        prog=f"{PROG} diff",
+        description="Differing config keys side by side, and metric differences; for "
+        "two folders of several runs each (e.g. seeds), each side's mean ± 95% CI and Welch's t-test.",
+    )
     p.add_argument("run_a", metavar="RUN_A")
     p.add_argument("run_b", metavar="RUN_B")
     p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
-    p.add_argument("--stats", metavar="LIST", help="for folders of runs: the metrics (default test_acc,best_val_acc,test_loss)")
+    p.add_argument(
+        "--stats", metavar="LIST", help="for folders of runs: the metrics (default test_acc,best_val_acc,test_loss)"
+    )
     return p
 
 

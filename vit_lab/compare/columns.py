@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from vit_lab.compare.errors import UsageError
 from vit_lab.compare.formats import fmt_value, is_number
@@ -50,10 +51,14 @@ def differing(runs: Sequence[RunInfo]) -> tuple[list[str], list[str]]:
     with_config = [r for r in runs if r.config and not r.old_config]
     choice_keys = _ordered_keys(r.choices for r in with_choices)
     config_keys = [k for k in _ordered_keys(r.config for r in with_config) if not k.startswith(BOOKKEEPING)]
-    choices = [k for k in choice_keys
-               if len({_canon(r.choices[k]) if k in r.choices else "<missing>" for r in with_choices}) > 1]
-    leaves = [k for k in config_keys
-              if len({_canon(r.config[k]) if k in r.config else "<missing>" for r in with_config}) > 1]
+    choices = [
+        k
+        for k in choice_keys
+        if len({_canon(r.choices[k]) if k in r.choices else "<missing>" for r in with_choices}) > 1
+    ]
+    leaves = [
+        k for k in config_keys if len({_canon(r.config[k]) if k in r.config else "<missing>" for r in with_config}) > 1
+    ]
     return choices, leaves
 
 
@@ -73,14 +78,19 @@ def short_names(keys: Sequence[str], taken: Sequence[str] = ()) -> dict[str, str
     return names
 
 
-def _spec_keys(runs: Sequence[RunInfo], item: str, diff_choices: list[str],
-               diff_leaves: list[str]) -> list[tuple[str, str]]:
+def _spec_keys(
+    runs: Sequence[RunInfo], item: str, diff_choices: list[str], diff_leaves: list[str]
+) -> list[tuple[str, str]]:
     """The (kind, key) pairs one --columns item stands for."""
     name = canonical(item.strip())
-    groups = {"path": [("path", "path")], "status": [("status", "status")],
-              "note": [("note", "note")] if any(r.notes for r in runs) else [],
-              "choices": [("choice", k) for k in diff_choices], "diff": [("config", k) for k in diff_leaves],
-              "metrics": [("metric", k) for k in DEFAULT_METRICS]}
+    groups = {
+        "path": [("path", "path")],
+        "status": [("status", "status")],
+        "note": [("note", "note")] if any(r.notes for r in runs) else [],
+        "choices": [("choice", k) for k in diff_choices],
+        "diff": [("config", k) for k in diff_leaves],
+        "metrics": [("metric", k) for k in DEFAULT_METRICS],
+    }
     if not name:
         return []
     if name in groups:
@@ -91,8 +101,10 @@ def _spec_keys(runs: Sequence[RunInfo], item: str, diff_choices: list[str],
         return [("choice", name)]
     if any(name in r.config for r in runs):
         return [("config", name)]
-    raise UsageError(f"--columns: unknown column {item!r} (groups: {', '.join(GROUPS)}; "
-                     f"or a metric, a choice or a config key such as {example_keys(runs)})")
+    raise UsageError(
+        f"--columns: unknown column {item!r} (groups: {', '.join(GROUPS)}; "
+        f"or a metric, a choice or a config key such as {example_keys(runs)})"
+    )
 
 
 def _column(runs: Sequence[RunInfo], kind: str, key: str, header: str) -> Column:
@@ -107,16 +119,25 @@ def _column(runs: Sequence[RunInfo], kind: str, key: str, header: str) -> Column
         cells = [fmt_value(r.config[key]) if key in r.config else "" for r in runs]
         numeric = all(is_number(v) for v, r in zip(raw, runs) if key in r.config)
         return Column(key, header, kind, cells, raw, "right" if numeric else "left")
-    return Column(key, METRICS[key].header, kind, [metric_cell(r, key) for r in runs],
-                  [metric_value(r, key) for r in runs], "left" if key == "device" else "right")
+    return Column(
+        key,
+        METRICS[key].header,
+        kind,
+        [metric_cell(r, key) for r in runs],
+        [metric_value(r, key) for r in runs],
+        "left" if key == "device" else "right",
+    )
 
 
 def build_columns(runs: Sequence[RunInfo], spec: Sequence[str] | None = None) -> tuple[list[Column], list[str]]:
     """Columns for the runs from a --columns spec (group names, metric names, choices or config keys), and the
     differing keys (choices, then config leaves)."""
     diff_choices, diff_leaves = differing(runs)
-    keys = list(dict.fromkeys(k for item in (spec or DEFAULT_COLUMNS)
-                              for k in _spec_keys(runs, item, diff_choices, diff_leaves)))
+    keys = list(
+        dict.fromkeys(
+            k for item in (spec or DEFAULT_COLUMNS) for k in _spec_keys(runs, item, diff_choices, diff_leaves)
+        )
+    )
     names = short_names([k for kind, k in keys if kind == "config"], taken=[k for kind, k in keys if kind == "choice"])
     columns = [_column(runs, kind, key, names.get(key, key)) for kind, key in keys]
     return columns, diff_choices + diff_leaves

@@ -11,8 +11,16 @@ from vit_lab.compare.formats import fmt_params, fmt_seconds, fmt_value, is_numbe
 from vit_lab.compare.metrics import METRICS, metric_cell
 from vit_lab.compare.runs import RunInfo
 
-DIFF_METRICS = ("test_acc", "best_val_acc", "val_acc", "test_loss", "n_params", "epochs", "train_seconds",
-                "train_images_per_second")
+DIFF_METRICS = (
+    "test_acc",
+    "best_val_acc",
+    "val_acc",
+    "test_loss",
+    "n_params",
+    "epochs",
+    "train_seconds",
+    "train_images_per_second",
+)
 _MISSING = object()
 
 
@@ -50,25 +58,52 @@ def _raw(run: RunInfo, key: str) -> Any:
 def render_diff(a: RunInfo, b: RunInfo, fmt: str = "table") -> str:
     cfg = config_diff(a, b)
     if fmt == "json":
-        doc = {"a": a.path, "b": b.path, "status": [a.status, b.status],
-               "config": {k: [None if va is _MISSING else va, None if vb is _MISSING else vb] for k, va, vb in cfg},
-               "metrics": {k: {"a": _raw(a, k), "b": _raw(b, k),
-                               "delta": (_raw(b, k) - _raw(a, k)) if is_number(_raw(a, k)) and is_number(_raw(b, k))
-                               else None} for k in DIFF_METRICS}}
+        doc = {
+            "a": a.path,
+            "b": b.path,
+            "status": [a.status, b.status],
+            "config": {k: [None if va is _MISSING else va, None if vb is _MISSING else vb] for k, va, vb in cfg},
+            "metrics": {
+                k: {
+                    "a": _raw(a, k),
+                    "b": _raw(b, k),
+                    "delta": (_raw(b, k) - _raw(a, k)) if is_number(_raw(a, k)) and is_number(_raw(b, k)) else None,
+                }
+                for k in DIFF_METRICS
+            },
+        }
         return json.dumps(jsonable(doc), indent=2, default=str)
     tablefmt = "github" if fmt == "markdown" else "simple"
-    show = (lambda v: "(absent)" if v is _MISSING else fmt_value(v))
+
+    def show(v):
+        return "(absent)" if v is _MISSING else fmt_value(v)
+
     lines = [f"A: {a.path} ({a.status})", f"B: {b.path} ({b.status})", ""]
     if cfg:
-        lines.append(tabulate([[k, show(va), show(vb)] for k, va, vb in cfg], headers=["config", "A", "B"],
-                              tablefmt=tablefmt, disable_numparse=True))
+        lines.append(
+            tabulate(
+                [[k, show(va), show(vb)] for k, va, vb in cfg],
+                headers=["config", "A", "B"],
+                tablefmt=tablefmt,
+                disable_numparse=True,
+            )
+        )
     else:
         lines.append("The configs are identical (choices and every value).")
     lines.append("")
-    rows = [[METRICS[k].label, metric_cell(a, k), metric_cell(b, k), _delta(k, _raw(a, k), _raw(b, k))]
-            for k in DIFF_METRICS]
-    lines.append(tabulate(rows, headers=["metric", "A", "B", "B - A"], tablefmt=tablefmt,
-                          colalign=("left", "right", "right", "right"), disable_numparse=True))
+    rows = [
+        [METRICS[k].label, metric_cell(a, k), metric_cell(b, k), _delta(k, _raw(a, k), _raw(b, k))]
+        for k in DIFF_METRICS
+    ]
+    lines.append(
+        tabulate(
+            rows,
+            headers=["metric", "A", "B", "B - A"],
+            tablefmt=tablefmt,
+            colalign=("left", "right", "right", "right"),
+            disable_numparse=True,
+        )
+    )
     for run, name in ((a, "A"), (b, "B")):
         if run.notes:
             lines.append(f"{name} note: {run.note}")

@@ -3,8 +3,9 @@ how a key (a metric, an alias, a choice or a config leaf) is looked up in a run.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from vit_lab.compare.formats import fmt_float, fmt_params, fmt_pct, fmt_rate, fmt_seconds
 from vit_lab.compare.runs import RunInfo
@@ -12,8 +13,8 @@ from vit_lab.compare.runs import RunInfo
 
 @dataclass(frozen=True)
 class Metric:
-    key: str                    # the metrics.json key (or a derived one)
-    header: str                 # terminal header; "\n" splits it over two lines
+    key: str  # the metrics.json key (or a derived one)
+    header: str  # terminal header; "\n" splits it over two lines
     fmt: Callable[[Any], str]
     higher_is_better: bool | None  # None: no "best" direction (sorted ascending)
     raw_keys: tuple[str, ...] = ()  # what csv/json carry for it (default: key)
@@ -24,19 +25,29 @@ class Metric:
         return self.header.replace("\n", " ")
 
 
-METRICS: dict[str, Metric] = {m.key: m for m in (
-    Metric("test_acc", "test\nacc", fmt_pct, True),
-    Metric("best_val_acc", "best\nval acc", fmt_pct, True),
-    Metric("val_acc", "last\nval acc", fmt_pct, True),
-    Metric("test_loss", "test\nloss", fmt_float, False),
-    Metric("n_params", "params", fmt_params, None),
-    Metric("epochs", "epochs", str, None, ("epochs_completed", "epochs")),
-    Metric("train_seconds", "train\ntime", fmt_seconds, None),
-    Metric("train_images_per_second", "img/s", fmt_rate, True),
-    Metric("device", "device", str, None),
-)}
-ALIASES = {"params": "n_params", "time": "train_seconds", "train_time": "train_seconds", "img/s": "train_images_per_second",
-           "images_per_second": "train_images_per_second", "acc": "test_acc", "val_acc_best": "best_val_acc"}
+METRICS: dict[str, Metric] = {
+    m.key: m
+    for m in (
+        Metric("test_acc", "test\nacc", fmt_pct, True),
+        Metric("best_val_acc", "best\nval acc", fmt_pct, True),
+        Metric("val_acc", "last\nval acc", fmt_pct, True),
+        Metric("test_loss", "test\nloss", fmt_float, False),
+        Metric("n_params", "params", fmt_params, None),
+        Metric("epochs", "epochs", str, None, ("epochs_completed", "epochs")),
+        Metric("train_seconds", "train\ntime", fmt_seconds, None),
+        Metric("train_images_per_second", "img/s", fmt_rate, True),
+        Metric("device", "device", str, None),
+    )
+}
+ALIASES = {
+    "params": "n_params",
+    "time": "train_seconds",
+    "train_time": "train_seconds",
+    "img/s": "train_images_per_second",
+    "images_per_second": "train_images_per_second",
+    "acc": "test_acc",
+    "val_acc_best": "best_val_acc",
+}
 DEFAULT_METRICS = ("test_acc", "best_val_acc", "n_params", "epochs", "train_seconds", "train_images_per_second")
 
 

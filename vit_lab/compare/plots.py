@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from vit_lab.compare.errors import UsageError
 from vit_lab.compare.formats import fmt_value
@@ -14,11 +15,11 @@ from vit_lab.compare.metrics import METRICS, canonical, lookup, metric_value
 from vit_lab.compare.runs import RunInfo
 from vit_lab.compare.sweeps import objective_names
 
-CURVES_SIZE = (12.0, 6.0)   # inches; at DPI this is 1200 x 600 pixels (the legend sits below the axes)
-PARAM_SIZE = (8.0, 5.0)     # 800 x 500
-HISTORY_SIZE = (9.0, 5.0)   # 900 x 500
-PARETO_SIZE = (8.0, 6.0)    # 800 x 600
-TIME_SIZE = (9.0, 6.0)      # 900 x 600
+CURVES_SIZE = (12.0, 6.0)  # inches; at DPI this is 1200 x 600 pixels (the legend sits below the axes)
+PARAM_SIZE = (8.0, 5.0)  # 800 x 500
+HISTORY_SIZE = (9.0, 5.0)  # 900 x 500
+PARETO_SIZE = (8.0, 6.0)  # 800 x 600
+TIME_SIZE = (9.0, 6.0)  # 900 x 600
 TIME_TICKS = [0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.993, 0.995, 0.996, 0.997, 0.998, 0.999]
 DPI = 100
 MAX_LEGEND = 12
@@ -41,11 +42,13 @@ def run_labels(runs: Sequence[RunInfo], keys: Sequence[str], width: int = 52) ->
     labels = []
     for run, path in zip(runs, paths):
         short = os.path.relpath(path, common) if common and common not in paths else path
-        values = [f"{k.rsplit('.', 1)[-1]}={fmt_value(run.value(k))}" for k in keys if run.has(k)] if len(keys) <= 2 else []
+        values = (
+            [f"{k.rsplit('.', 1)[-1]}={fmt_value(run.value(k))}" for k in keys if run.has(k)] if len(keys) <= 2 else []
+        )
         extra = f" ({', '.join(values)})" if values else ""
         room = max(width - len(extra), 12)
         if len(short) > room:
-            short = "..." + short[-(room - 3):]
+            short = "..." + short[-(room - 3) :]
         labels.append(short + extra)
     return labels
 
@@ -72,7 +75,7 @@ def plot_curves(runs: Sequence[RunInfo], out: str | Path, label_keys: Sequence[s
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=CURVES_SIZE)
     colors = plt.get_cmap("tab10" if len(with_history) <= 10 else "tab20")
     labels = run_labels([r for r, _ in with_history], label_keys)
-    for i, (run, hist) in enumerate(with_history):
+    for i, (_run, hist) in enumerate(with_history):
         color = colors(i % colors.N)
         label = labels[i] if i < MAX_LEGEND else None
         ep = [h.get("epoch", j + 1) for j, h in enumerate(hist)]
@@ -91,8 +94,15 @@ def plot_curves(runs: Sequence[RunInfo], out: str | Path, label_keys: Sequence[s
     extra = len(with_history) - MAX_LEGEND
     handles, names = ax_acc.get_legend_handles_labels()
     ncol = min(3, max(len(names), 1))
-    fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize="small", frameon=False,
-               title=f"+{extra} more runs not in the legend" if extra > 0 else None)
+    fig.legend(
+        handles,
+        names,
+        loc="lower center",
+        ncol=ncol,
+        fontsize="small",
+        frameon=False,
+        title=f"+{extra} more runs not in the legend" if extra > 0 else None,
+    )
     rows = math.ceil(len(names) / ncol) + (1 if extra > 0 else 0)
     fig.tight_layout(rect=(0, min(0.03 + 0.04 * rows, 0.4), 1, 1))
     return _save(fig, out), len(with_history)
@@ -103,8 +113,11 @@ def time_curve(hist: Sequence[dict]) -> list[tuple[float, float]]:
     the sum of ``epoch_seconds``; epochs without a finite time or accuracy are left out."""
     pts, total = [], 0.0
     for h in hist:
-        total = h["train_seconds"] if _finite(h.get("train_seconds")) else total + (
-            h["epoch_seconds"] if _finite(h.get("epoch_seconds")) else math.nan)
+        total = (
+            h["train_seconds"]
+            if _finite(h.get("train_seconds"))
+            else total + (h["epoch_seconds"] if _finite(h.get("epoch_seconds")) else math.nan)
+        )
         if math.isfinite(total) and _finite(h.get("val_acc")) and 0 < h["val_acc"] < 1:
             pts.append((total / 60, h["val_acc"]))
     return pts
@@ -123,9 +136,15 @@ def plot_time_to_accuracy(runs: Sequence[RunInfo], out: str | Path, label_keys: 
     fig, ax = plt.subplots(figsize=TIME_SIZE)
     colors = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
     labels = run_labels([r for r, _ in curves], label_keys)
-    for i, (run, pts) in enumerate(curves):
-        ax.plot(*zip(*pts), "-", color=colors(i % colors.N), marker="o", markersize=3,
-                label=labels[i] if i < MAX_LEGEND else None)
+    for i, (_run, pts) in enumerate(curves):
+        ax.plot(
+            *zip(*pts),
+            "-",
+            color=colors(i % colors.N),
+            marker="o",
+            markersize=3,
+            label=labels[i] if i < MAX_LEGEND else None,
+        )
     ax.set_yscale("logit")
     accs = [a for _, c in curves for _, a in c]
     below = [t for t in TIME_TICKS if t <= min(accs)]  # the axis starts under the lowest point: label that too
@@ -134,8 +153,11 @@ def plot_time_to_accuracy(runs: Sequence[RunInfo], out: str | Path, label_keys: 
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
     ax.yaxis.set_minor_locator(NullLocator())
     ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set(xlabel="training time (minutes, cumulative; validation and start-up not counted)",
-           ylabel="validation accuracy (logit scale)", title="Time to accuracy")
+    ax.set(
+        xlabel="training time (minutes, cumulative; validation and start-up not counted)",
+        ylabel="validation accuracy (logit scale)",
+        title="Time to accuracy",
+    )
     ax.set_xlim(left=0)
     if below:
         ax.set_ylim(bottom=below[-1])
@@ -198,8 +220,11 @@ def plot_history(summaries: Sequence[dict], out: str | Path) -> tuple[Path, int]
     n = 0
     for i, s in enumerate(studies):
         study, color = s["_study"], colors(i % 10)
-        done = [t for t in study.get_trials(deepcopy=False)
-                if t.state == TrialState.COMPLETE and t.values and math.isfinite(t.values[0])]
+        done = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.state == TrialState.COMPLETE and t.values and math.isfinite(t.values[0])
+        ]
         if not done:
             continue
         maximize = study.directions[0].name.lower() == "maximize"  # a multi-objective study: its first objective
@@ -233,12 +258,15 @@ def plot_pareto(summaries: Sequence[dict], out: str | Path) -> tuple[Path, int]:
 
     studies = [s["_study"] for s in summaries if s.get("_study") is not None and len(s["_study"].directions) > 1]
     if not studies:
-        raise UsageError("--pareto: no multi-objective Optuna study under the given paths "
-                         "(a single-objective sweep has no Pareto front; use --history)")
+        raise UsageError(
+            "--pareto: no multi-objective Optuna study under the given paths "
+            "(a single-objective sweep has no Pareto front; use --history)"
+        )
     study = studies[0]
     if not 2 <= len(study.directions) <= 3:
-        raise UsageError(f"--pareto: study {study.study_name!r} has {len(study.directions)} objectives; "
-                         "the plot shows 2 or 3")
+        raise UsageError(
+            f"--pareto: study {study.study_name!r} has {len(study.directions)} objectives; the plot shows 2 or 3"
+        )
     if not study.best_trials:
         raise UsageError(f"--pareto: study {study.study_name!r} has no complete trial yet")
     plt = _pyplot()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import yaml
 
@@ -20,7 +21,9 @@ def parse_where(expr: str) -> tuple[str, str, str]:
     """``KEY OP VALUE`` -> (canonical key, operator with == spelled =, value text)."""
     m = _WHERE.match(expr)
     if not m:
-        raise UsageError(f"--where {expr!r}: expected KEY=VALUE (or KEY!=, >, >=, <, <= VALUE), e.g. model.patch_size=4")
+        raise UsageError(
+            f"--where {expr!r}: expected KEY=VALUE (or KEY!=, >, >=, <, <= VALUE), e.g. model.patch_size=4"
+        )
     key, op, value = m.groups()
     return canonical(key), "=" if op == "==" else op, value.strip()
 
@@ -44,8 +47,13 @@ def _matches(actual: Any, op: str, raw: str) -> bool:
     return {"<": actual < wanted, "<=": actual <= wanted, ">": actual > wanted, ">=": actual >= wanted}[op]
 
 
-def select(runs: Sequence[RunInfo], where: Sequence[str] = (), sort: str | None = None, reverse: bool = False,
-           top: int | None = None) -> list[RunInfo]:
+def select(
+    runs: Sequence[RunInfo],
+    where: Sequence[str] = (),
+    sort: str | None = None,
+    reverse: bool = False,
+    top: int | None = None,
+) -> list[RunInfo]:
     """Filter with --where (all must hold), sort (missing values last), then keep the top N."""
     out = list(runs)
     for expr in where:

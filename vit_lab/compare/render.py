@@ -7,7 +7,8 @@ import io
 import json
 import os
 import textwrap
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from tabulate import tabulate
 
@@ -25,12 +26,19 @@ def _markdown_table(runs: Sequence[RunInfo], columns: Sequence[Column], best: Ru
         if r is best and rows[i]:
             rows[i][0] = f"**{rows[i][0]}**" if rows[i][0] else "**best**"
     headers = [c.header.replace("\n", " ") for c in columns]
-    return tabulate(rows, headers=headers, tablefmt="github", colalign=[c.align for c in columns],
-                    disable_numparse=True)
+    return tabulate(
+        rows, headers=headers, tablefmt="github", colalign=[c.align for c in columns], disable_numparse=True
+    )
 
 
-def render_text(runs: Sequence[RunInfo], columns: list[Column], best: RunInfo | None, best_key: str,
-                width: int | None = None, markdown: bool = False) -> str:
+def render_text(
+    runs: Sequence[RunInfo],
+    columns: list[Column],
+    best: RunInfo | None,
+    best_key: str,
+    width: int | None = None,
+    markdown: bool = False,
+) -> str:
     """The aligned terminal table (fitted to `width`) or a GitHub markdown table (never clipped)."""
     dropped: list[str] = []
     notes: list[str] = []
@@ -50,14 +58,27 @@ def render_text(runs: Sequence[RunInfo], columns: list[Column], best: RunInfo | 
         lines += [_wrap(note, width, indent="  ") for note in notes]
     if dropped:
         names = ", ".join(dropped[:4]) + (", ..." if len(dropped) > 4 else "")
-        lines.append(_wrap(f"Not shown for width: {len(dropped)} differing column{'s' * (len(dropped) > 1)} "
-                           f"({names}); use --columns, --width or --format csv.", width))
+        lines.append(
+            _wrap(
+                f"Not shown for width: {len(dropped)} differing column{'s' * (len(dropped) > 1)} "
+                f"({names}); use --columns, --width or --format csv.",
+                width,
+            )
+        )
     return "\n".join(lines)
 
 
 def _wrap(text: str, width: int, indent: str = "") -> str:
-    return "\n".join(textwrap.wrap(text, width=width, initial_indent=indent, subsequent_indent=indent + "  ",
-                                   break_on_hyphens=False, break_long_words=True))
+    return "\n".join(
+        textwrap.wrap(
+            text,
+            width=width,
+            initial_indent=indent,
+            subsequent_indent=indent + "  ",
+            break_on_hyphens=False,
+            break_long_words=True,
+        )
+    )
 
 
 def _csv_value(v: Any) -> str:
@@ -99,15 +120,31 @@ def render_csv(runs: Sequence[RunInfo], columns: Sequence[Column], best: RunInfo
     return buf.getvalue()
 
 
-def render_json(runs: Sequence[RunInfo], differing_keys: Sequence[str], best: RunInfo | None, best_key: str,
-                sweeps: Sequence[dict] = ()) -> str:
+def render_json(
+    runs: Sequence[RunInfo],
+    differing_keys: Sequence[str],
+    best: RunInfo | None,
+    best_key: str,
+    sweeps: Sequence[dict] = (),
+) -> str:
     """Everything, at full precision: each run's metrics.json as read, choices, config and differing keys."""
     doc = {
         "best_by": best_key,
         "differing": list(differing_keys),
-        "runs": [{"path": r.path, "dir": str(r.dir), "status": r.status, "best": r is best, "note": r.note,
-                  "choices": r.choices, "overrides": r.overrides, "config": r.config, "metrics": r.metrics}
-                 for r in runs],
+        "runs": [
+            {
+                "path": r.path,
+                "dir": str(r.dir),
+                "status": r.status,
+                "best": r is best,
+                "note": r.note,
+                "choices": r.choices,
+                "overrides": r.overrides,
+                "config": r.config,
+                "metrics": r.metrics,
+            }
+            for r in runs
+        ],
         "sweeps": list(sweeps),
     }
     return json.dumps(jsonable(doc), indent=2, default=str)

@@ -49,9 +49,22 @@ def parse_seeds(text: str) -> list[int]:
 
 def commands(out: Path, extra: list[str], seeds: list[int]) -> list[tuple[Path, list[str]]]:
     """Every run's folder and command, seed by seed (every row's first seed, then the next seed, ...)."""
-    return [(out / name / f"seed{seed}", [sys.executable, "-m", "vit_lab.train", *preset, *extra,
-                                          f"trainer.seed={seed}", f"hydra.run.dir={out / name / f'seed{seed}'}"])
-            for seed in seeds for name, preset in RUNS]
+    return [
+        (
+            out / name / f"seed{seed}",
+            [
+                sys.executable,
+                "-m",
+                "vit_lab.train",
+                *preset,
+                *extra,
+                f"trainer.seed={seed}",
+                f"hydra.run.dir={out / name / f'seed{seed}'}",
+            ],
+        )
+        for seed in seeds
+        for name, preset in RUNS
+    ]
 
 
 def _log_stream():
@@ -80,16 +93,27 @@ def _train(todo: list[tuple[Path, list[str], str]], jobs: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vit_lab.compare.seed_comparison", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m vit_lab.compare.seed_comparison",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. device=cpu")
     p.add_argument("--out", default="outputs/seed_comparison", help="folder for the runs")
-    p.add_argument("--seeds", type=parse_seeds, default=parse_seeds(DEFAULT_SEEDS),
-                   help=f"comma-separated trainer.seed values, one run per row each (default {DEFAULT_SEEDS})")
+    p.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=parse_seeds(DEFAULT_SEEDS),
+        help=f"comma-separated trainer.seed values, one run per row each (default {DEFAULT_SEEDS})",
+    )
     p.add_argument("--force", action="store_true", help="retrain runs that already completed")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (default 1; keep 1 when the "
-                   "times and img/s are to be compared)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at once (default 1; keep 1 when the times and img/s are to be compared)",
+    )
     p.add_argument("--format", choices=("markdown", "table", "csv", "json"), default="markdown")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -107,8 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     failed = _train(todo, args.jobs)
     from vit_lab.compare.__main__ import main as compare
 
-    rc = compare([str(out), "--group-by", GROUP_BY, "--stats", STATS, "--test", "test_acc", "--format", args.format,
-                  "--no-sweeps"])
+    rc = compare(
+        [
+            str(out),
+            "--group-by",
+            GROUP_BY,
+            "--stats",
+            STATS,
+            "--test",
+            "test_acc",
+            "--format",
+            args.format,
+            "--no-sweeps",
+        ]
+    )
     if failed:
         print(f"seed_comparison: failed runs: {', '.join(failed)} (see their train.log)", file=sys.stderr)
         return 1

@@ -11,8 +11,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from tabulate import tabulate
 
@@ -47,8 +48,9 @@ def parse_stats(text: str | None, runs: Sequence[RunInfo]) -> list[str]:
     names = [canonical(s.strip()) for s in text.split(",") if s.strip()] if text else list(DEFAULT_STATS)
     for name in names:
         if name not in METRICS or name == "device":
-            raise UsageError(f"--stats {name!r}: pick numeric metrics such as test_acc, best_val_acc, test_loss, "
-                             "params, time")
+            raise UsageError(
+                f"--stats {name!r}: pick numeric metrics such as test_acc, best_val_acc, test_loss, params, time"
+            )
     return names
 
 
@@ -60,8 +62,10 @@ def group_runs(runs: Sequence[RunInfo], spec: str) -> list[Group]:
         raise UsageError("--group-by: give comma-separated keys, e.g. model or model,model.patch_size")
     for k in keys:
         if not known(runs, k):
-            raise UsageError(f"--group-by {k!r}: no run has this key (try a choice such as model or experiment, "
-                             "or a config key such as model.patch_size)")
+            raise UsageError(
+                f"--group-by {k!r}: no run has this key (try a choice such as model or experiment, "
+                "or a config key such as model.patch_size)"
+            )
     groups: dict[str, Group] = {}
     for run in runs:
         values = tuple(lookup(run, k) for k in keys)
@@ -98,8 +102,16 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
     """Welch's t-test of mean(b) - mean(a): t, degrees of freedom, two-sided p and the interval of the difference."""
     from scipy import stats
 
-    out: dict[str, Any] = {"n_a": len(a), "n_b": len(b), "diff": None, "t": None, "df": None, "p": None,
-                           "ci_low": None, "ci_high": None}
+    out: dict[str, Any] = {
+        "n_a": len(a),
+        "n_b": len(b),
+        "diff": None,
+        "t": None,
+        "df": None,
+        "p": None,
+        "ci_low": None,
+        "ci_high": None,
+    }
     if len(a) and len(b):
         out["diff"] = sum(b) / len(b) - sum(a) / len(a)
     if len(a) < 2 or len(b) < 2 or (_constant(a) and _constant(b)):  # the t statistic is undefined
@@ -107,9 +119,13 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
     res = stats.ttest_ind(b, a, equal_var=False)
     ci = res.confidence_interval(confidence)
     finite = math.isfinite(res.statistic)
-    out.update(t=float(res.statistic) if finite else None, df=float(res.df) if finite else None,
-               p=float(res.pvalue) if finite else None, ci_low=float(ci.low) if finite else None,
-               ci_high=float(ci.high) if finite else None)
+    out.update(
+        t=float(res.statistic) if finite else None,
+        df=float(res.df) if finite else None,
+        p=float(res.pvalue) if finite else None,
+        ci_low=float(ci.low) if finite else None,
+        ci_high=float(ci.high) if finite else None,
+    )
     return out
 
 
@@ -131,7 +147,9 @@ def fmt_std(metric: str, s: dict[str, Any]) -> str:
 
 
 def _spread(metric: str, x: float) -> str:
-    return f"{100 * x:.2f}" if metric.endswith("acc") else METRICS[metric].fmt(x) if metric != "test_loss" else f"{x:.2g}"
+    return (
+        f"{100 * x:.2f}" if metric.endswith("acc") else METRICS[metric].fmt(x) if metric != "test_loss" else f"{x:.2g}"
+    )
 
 
 def group_table(groups: Sequence[Group], metrics: Sequence[str], markdown: bool) -> str:
@@ -151,17 +169,20 @@ def group_table(groups: Sequence[Group], metrics: Sequence[str], markdown: bool)
             row += [fmt_stat(m, s), fmt_std(m, s)] if m in varying else [fmt_stat(m, s, spread=False)]
         rows.append(row)
     aligns = ["left"] * len(groups[0].keys) + ["right"] * (len(headers) - len(groups[0].keys))
-    return tabulate(rows, headers=headers, tablefmt="github" if markdown else "simple", colalign=aligns,
-                    disable_numparse=True)
+    return tabulate(
+        rows, headers=headers, tablefmt="github" if markdown else "simple", colalign=aligns, disable_numparse=True
+    )
 
 
 def test_rows(pairs: Sequence[tuple[Group, Group]], metric: str) -> list[dict[str, Any]]:
-    return [{"a": a.label, "b": b.label, "metric": metric, **welch(a.sample(metric), b.sample(metric))}
-            for a, b in pairs]
+    return [
+        {"a": a.label, "b": b.label, "metric": metric, **welch(a.sample(metric), b.sample(metric))} for a, b in pairs
+    ]
 
 
 def test_table(rows: Sequence[dict[str, Any]], markdown: bool, by_metric: bool = False) -> str:
     """Welch's t-test per pair (or per metric of one pair): B - A, its 95% interval, t, df and the two-sided p."""
+
     def num(x: Any, f: str) -> str:
         return "" if x is None else format(x, f)
 
@@ -177,12 +198,16 @@ def test_table(rows: Sequence[dict[str, Any]], markdown: bool, by_metric: bool =
     metric = METRICS[rows[0]["metric"]].label if rows and not by_metric else ""
     lead = ["metric"] if by_metric else ["A", "B"]
     headers = [*lead, "n A/B", f"{metric}: B - A" if metric else "B - A", "95% CI", "t", "df", "p (two-sided)"]
-    return tabulate(out, headers=headers, tablefmt="github" if markdown else "simple", disable_numparse=True,
-                    colalign=("left",) * len(lead) + ("right",) * 6)
+    return tabulate(
+        out,
+        headers=headers,
+        tablefmt="github" if markdown else "simple",
+        disable_numparse=True,
+        colalign=("left",) * len(lead) + ("right",) * 6,
+    )
 
 
-def render_groups(runs: Sequence[RunInfo], group_by: str, stats_spec: str | None, test: str | None,
-                  fmt: str) -> str:
+def render_groups(runs: Sequence[RunInfo], group_by: str, stats_spec: str | None, test: str | None, fmt: str) -> str:
     """The --group-by output: the group table, then (with --test) Welch's t-test for every pair of groups."""
     groups = group_runs(runs, group_by)
     metrics = parse_stats(stats_spec, runs)
@@ -193,12 +218,20 @@ def render_groups(runs: Sequence[RunInfo], group_by: str, stats_spec: str | None
             raise UsageError(f"--test {test!r}: pick a numeric metric such as test_acc")
         tests = test_rows(list(itertools.combinations(groups, 2)), metric)
     if fmt == "json":
-        doc = {"group_by": list(groups[0].keys), "confidence": CONFIDENCE,
-               "groups": [{"values": dict(zip(g.keys, g.values)), "runs": [r.path for r in g.runs],
-                           "statuses": [r.status for r in g.runs],
-                           "stats": {m: {**summary(g.sample(m)), "values": g.sample(m)} for m in metrics}}
-                          for g in groups],
-               "tests": tests}
+        doc = {
+            "group_by": list(groups[0].keys),
+            "confidence": CONFIDENCE,
+            "groups": [
+                {
+                    "values": dict(zip(g.keys, g.values)),
+                    "runs": [r.path for r in g.runs],
+                    "statuses": [r.status for r in g.runs],
+                    "stats": {m: {**summary(g.sample(m)), "values": g.sample(m)} for m in metrics},
+                }
+                for g in groups
+            ],
+            "tests": tests,
+        }
         return json.dumps(jsonable(doc), indent=2, default=str)
     if fmt == "csv":
         import csv
@@ -209,12 +242,17 @@ def render_groups(runs: Sequence[RunInfo], group_by: str, stats_spec: str | None
         fields = ("n", "mean", "std", "ci_low", "ci_high")  # summary()'s keys, in order
         w.writerow([*groups[0].keys, "runs", *[f"{m}_{f}" for m in metrics for f in fields]])
         for g in groups:
-            w.writerow([fmt_value(v) for v in g.values] + [len(g.runs)]
-                       + ["" if v is None else repr(v) for m in metrics for v in summary(g.sample(m)).values()])
+            w.writerow(
+                [fmt_value(v) for v in g.values]
+                + [len(g.runs)]
+                + ["" if v is None else repr(v) for m in metrics for v in summary(g.sample(m)).values()]
+            )
         return buf.getvalue().rstrip("\n")
     md = fmt == "markdown"
-    note = (f"Completed runs only; ± is the half-width of the {CONFIDENCE:.0%} t confidence interval of the mean, "
-            "sd the sample standard deviation (percentage points for accuracies).")
+    note = (
+        f"Completed runs only; ± is the half-width of the {CONFIDENCE:.0%} t confidence interval of the mean, "
+        "sd the sample standard deviation (percentage points for accuracies)."
+    )
     lines = [group_table(groups, metrics, md), "", note]
     if tests:
         lines += ["", f"Welch's t-test ({test}), every pair of groups:", "", test_table(tests, md)]
@@ -227,17 +265,41 @@ def render_group_diff(a: Group, b: Group, metrics: Sequence[str], fmt: str) -> s
     sides = {m: (summary(a.sample(m)), summary(b.sample(m))) for m in metrics}
     tests = [test_rows([(a, b)], m)[0] for m in metrics]
     if fmt == "json":
-        doc = {"a": a.label, "b": b.label, "runs_a": [r.path for r in a.runs], "runs_b": [r.path for r in b.runs],
-               "confidence": CONFIDENCE,
-               "metrics": {t["metric"]: {"a": sides[t["metric"]][0], "b": sides[t["metric"]][1],
-                                         "welch": {k: v for k, v in t.items() if k not in ("a", "b", "metric")}}
-                           for t in tests}}
+        doc = {
+            "a": a.label,
+            "b": b.label,
+            "runs_a": [r.path for r in a.runs],
+            "runs_b": [r.path for r in b.runs],
+            "confidence": CONFIDENCE,
+            "metrics": {
+                t["metric"]: {
+                    "a": sides[t["metric"]][0],
+                    "b": sides[t["metric"]][1],
+                    "welch": {k: v for k, v in t.items() if k not in ("a", "b", "metric")},
+                }
+                for t in tests
+            },
+        }
         return json.dumps(jsonable(doc), indent=2, default=str)
     md = fmt == "markdown"
-    table = [[METRICS[m].label, *(f"{fmt_stat(m, side)} (n={side['n']})" for side in pair)]
-             for m, pair in sides.items()]
-    return "\n".join([f"A: {a.label} ({len(a.runs)} runs)", f"B: {b.label} ({len(b.runs)} runs)", "",
-                      tabulate(table, headers=["metric", "A (mean ± 95% CI)", "B (mean ± 95% CI)"],
-                               tablefmt="github" if md else "simple", colalign=("left", "right", "right"),
-                               disable_numparse=True),
-                      "", "Welch's t-test, B - A:", "", test_table(tests, md, by_metric=True)])
+    table = [
+        [METRICS[m].label, *(f"{fmt_stat(m, side)} (n={side['n']})" for side in pair)] for m, pair in sides.items()
+    ]
+    return "\n".join(
+        [
+            f"A: {a.label} ({len(a.runs)} runs)",
+            f"B: {b.label} ({len(b.runs)} runs)",
+            "",
+            tabulate(
+                table,
+                headers=["metric", "A (mean ± 95% CI)", "B (mean ± 95% CI)"],
+                tablefmt="github" if md else "simple",
+                colalign=("left", "right", "right"),
+                disable_numparse=True,
+            ),
+            "",
+            "Welch's t-test, B - A:",
+            "",
+            test_table(tests, md, by_metric=True),
+        ]
+    )

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -26,8 +27,12 @@ def sweeper_settings(sweep_dir: Path) -> dict | None:
         except (OSError, yaml.YAMLError, KeyError, TypeError):
             continue
         if isinstance(sweeper, dict) and "optuna" in str(sweeper.get("_target_", "")).lower():
-            settings = {"storage": sweeper.get("storage"), "study_name": sweeper.get("study_name"),
-                        "direction": sweeper.get("direction"), "config": path}
+            settings = {
+                "storage": sweeper.get("storage"),
+                "study_name": sweeper.get("study_name"),
+                "direction": sweeper.get("direction"),
+                "config": path,
+            }
             for key in ("storage", "study_name"):
                 if isinstance(settings[key], str) and "${" in settings[key]:
                     settings[key] = _resolve(path, cfg, key)
@@ -83,13 +88,28 @@ def summarize(sweep_dir: Path, display: str) -> dict | None:
     results = _results_file(sweep_dir)
     if settings is None and not results:
         return None
-    summary: dict[str, Any] = {"sweep": display, "study": None, "storage": None, "direction": None,
-                               "trials": {}, "best": None, "importances": None, "note": ""}
+    summary: dict[str, Any] = {
+        "sweep": display,
+        "study": None,
+        "storage": None,
+        "direction": None,
+        "trials": {},
+        "best": None,
+        "importances": None,
+        "note": "",
+    }
     if results.get("best_params") is not None:
         summary["best"] = {"trial": None, "value": results.get("best_value"), "params": results.get("best_params")}
     if isinstance(results.get("solutions"), list):  # a multi-objective sweep writes its Pareto front
-        summary["pareto"] = [{"trial": None, "values": {f"objective {i}": v for i, v in enumerate(x.get("values") or [])}, "params": x.get("params")}
-                             for x in results["solutions"] if isinstance(x, dict)]
+        summary["pareto"] = [
+            {
+                "trial": None,
+                "values": {f"objective {i}": v for i, v in enumerate(x.get("values") or [])},
+                "params": x.get("params"),
+            }
+            for x in results["solutions"]
+            if isinstance(x, dict)
+        ]
     if settings is None:
         summary["note"] = "sweeper settings not found; best from optimization_results.yaml"
         return summary
@@ -144,18 +164,24 @@ def study_summary(study) -> dict:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in
-              (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+    counts = {
+        s.name.lower(): sum(t.state == s for t in trials)
+        for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
+    }
     directions = [d.name.lower() for d in study.directions]
     out: dict[str, Any] = {"trials": counts, "direction": ", ".join(directions), "importances": None}
     complete = [t for t in trials if t.state == TrialState.COMPLETE and _finite_values(t)]
     if len(directions) > 1:
         names = objective_names(study)
         out["objectives"] = [{"name": n, "direction": d} for n, d in zip(names, directions)]
-        out["pareto"] = sorted(({"trial": t.number, "values": dict(zip(names, t.values)), "params": dict(t.params)}
-                                for t in study.best_trials if _finite_values(t)),
-                               key=lambda p: [p["values"][n] * (-1 if d == "maximize" else 1)
-                                              for n, d in zip(names, directions)])
+        out["pareto"] = sorted(
+            (
+                {"trial": t.number, "values": dict(zip(names, t.values)), "params": dict(t.params)}
+                for t in study.best_trials
+                if _finite_values(t)
+            ),
+            key=lambda p: [p["values"][n] * (-1 if d == "maximize" else 1) for n, d in zip(names, directions)],
+        )
     elif complete:
         best = study.best_trial
         out["best"] = {"trial": best.number, "value": best.value, "params": dict(best.params)}
@@ -175,8 +201,10 @@ def _importances(study, names: list[str]) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            found = {n: {k: float(v) for k, v in optuna.importance.get_param_importances(study, target=f).items()}
-                     for n, f in targets.items()}
+            found = {
+                n: {k: float(v) for k, v in optuna.importance.get_param_importances(study, target=f).items()}
+                for n, f in targets.items()
+            }
     except Exception as e:  # noqa: BLE001 - e.g. no parameter varied yet
         return {"importance_note": f"importances unavailable ({type(e).__name__})"}
     return {"importances": found[""]} if not names else {"importances_by_objective": found}
@@ -207,8 +235,9 @@ def render_summary(s: dict, markdown: bool = False, width: int | None = None) ->
         return text
     import textwrap
 
-    return "\n".join(textwrap.fill(line, width=width, subsequent_indent="    ", break_on_hyphens=False)
-                     for line in text.split("\n"))
+    return "\n".join(
+        textwrap.fill(line, width=width, subsequent_indent="    ", break_on_hyphens=False) for line in text.split("\n")
+    )
 
 
 def _render_summary(s: dict, markdown: bool = False) -> str:
@@ -222,8 +251,10 @@ def _render_summary(s: dict, markdown: bool = False) -> str:
     bullet = "- " if markdown else "  "
     t = s.get("trials") or {}
     if t:
-        lines.append(f"{bullet}trials: {t.get('complete', 0)} complete, {t.get('pruned', 0)} pruned, "
-                     f"{t.get('fail', 0)} failed" + (f", {t['running']} running" if t.get("running") else ""))
+        lines.append(
+            f"{bullet}trials: {t.get('complete', 0)} complete, {t.get('pruned', 0)} pruned, "
+            f"{t.get('fail', 0)} failed" + (f", {t['running']} running" if t.get("running") else "")
+        )
     if s.get("best"):
         b = s["best"]
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in (b.get("params") or {}).items())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from vit_lab.compare.columns import Column
 from vit_lab.compare.runs import RunInfo
@@ -46,7 +46,7 @@ def shorten_path(path: str, width: int) -> str:
         cand = "..." + os.sep + os.sep.join(parts[i:])
         if len(cand) <= width:
             return cand
-    return "..." + path[-max(width - 3, 1):]
+    return "..." + path[-max(width - 3, 1) :]
 
 
 def split_header(header: str) -> str:
@@ -69,8 +69,9 @@ def common_dir(paths: Sequence[str]) -> str:
     return common if common and common not in paths and common not in (".", os.sep) else ""
 
 
-def fit(runs: Sequence[RunInfo], columns: list[Column], best: RunInfo | None,
-        width: int) -> tuple[list[Column], list[str], str, list[str]]:
+def fit(
+    runs: Sequence[RunInfo], columns: list[Column], best: RunInfo | None, width: int
+) -> tuple[list[Column], list[str], str, list[str]]:
     """Make the table fit `width` columns: strip the shared folder, move notes below the table, shorten paths,
     then drop config columns from the right. Returns (columns, dropped keys, stripped folder, notes)."""
     dropped: list[str] = []
@@ -89,8 +90,11 @@ def fit(runs: Sequence[RunInfo], columns: list[Column], best: RunInfo | None,
             path_col.cells = [os.path.relpath(p, stripped) for p in path_col.cells]
     if over() > 0 and note_col is not None:  # notes go below the table, one per run that has one
         columns.remove(note_col)
-        notes = [f"{path_col.cells[i] if path_col else runs[i].path}: {cell}"
-                 for i, cell in enumerate(note_col.cells) if cell]
+        notes = [
+            f"{path_col.cells[i] if path_col else runs[i].path}: {cell}"
+            for i, cell in enumerate(note_col.cells)
+            if cell
+        ]
     if over() > 0 and path_col is not None:  # keep at least the last folder name (up to 24 characters)
         tail = max(len(os.path.basename(p)) for p in path_col.cells) + 4
         target = max(min(tail, 24), 12, path_col.width() - over())

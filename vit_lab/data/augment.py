@@ -56,13 +56,17 @@ class Augment:
         b, _, h, w = x.shape
 
         def uniform(lo: float, hi: float) -> torch.Tensor:
-            return (lo + (hi - lo) * torch.rand(b, generator=generator, dtype=torch.float64)).to(x.device, torch.float32)
+            return (lo + (hi - lo) * torch.rand(b, generator=generator, dtype=torch.float64)).to(
+                x.device, torch.float32
+            )
 
         if self.crop_padding > 0:  # like RandomCrop(padding=p): integer shift in [-p, p], zero fill
             p = int(self.crop_padding)
             off = torch.randint(0, 2 * p + 1, (2, b), generator=generator).to(x.device)
             padded = F.pad(x, (p, p, p, p))
-            rows = (torch.arange(h, device=x.device) + off[0, :, None])[:, None, :, None].expand(b, x.shape[1], h, w + 2 * p)
+            rows = (torch.arange(h, device=x.device) + off[0, :, None])[:, None, :, None].expand(
+                b, x.shape[1], h, w + 2 * p
+            )
             x = padded.gather(2, rows)
             cols = (torch.arange(w, device=x.device) + off[1, :, None])[:, None, None, :].expand(b, x.shape[1], h, w)
             x = x.gather(3, cols)
@@ -71,9 +75,15 @@ class Augment:
             scale = uniform(float(self.scale[0]), float(self.scale[1]))
             shift = torch.stack([uniform(-self.max_shift, self.max_shift), uniform(-self.max_shift, self.max_shift)], 1)
             cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-            # theta maps output to input coordinates in [-1,1]; the h/w factors keep rotations rigid on non-square images
-            theta = torch.stack([torch.stack([cos, -sin * h / w, 2 * shift[:, 0]], 1),
-                                 torch.stack([sin * w / h, cos, 2 * shift[:, 1]], 1)], 1)
+            # theta maps output to input coordinates in [-1,1]; the h/w factors keep rotations rigid on
+            # non-square images
+            theta = torch.stack(
+                [
+                    torch.stack([cos, -sin * h / w, 2 * shift[:, 0]], 1),
+                    torch.stack([sin * w / h, cos, 2 * shift[:, 1]], 1),
+                ],
+                1,
+            )
             grid = F.affine_grid(theta, list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return x

@@ -21,13 +21,27 @@ class Batches:
     without replaying 0..k-1. Random numbers are drawn on the CPU, so pass a CPU generator.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, mean: Sequence[float] | torch.Tensor | None,
-                 std: Sequence[float] | torch.Tensor | None, normalize: bool = True, shuffle: bool = False, augment: Augment | None = None,
-                 generator: torch.Generator | None = None, device: torch.device | str = "cpu", drop_last: bool = False):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        mean: Sequence[float] | torch.Tensor | None,
+        std: Sequence[float] | torch.Tensor | None,
+        normalize: bool = True,
+        shuffle: bool = False,
+        augment: Augment | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+        drop_last: bool = False,
+    ):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"Batches needs uint8 images (N,C,H,W), got {images.dtype} {tuple(images.shape)}")
         if labels.ndim != 1 or len(labels) != len(images):
-            raise ValueError(f"Batches needs one label per image, got labels {tuple(labels.shape)} for {len(images)} images")
+            raise ValueError(
+                f"Batches needs one label per image, got labels {tuple(labels.shape)} for {len(images)} images"
+            )
         if not is_int(batch_size) or batch_size < 1:
             raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1")
         if augment is not None:
@@ -41,7 +55,9 @@ class Batches:
         self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1).to(self.device)
         self.std = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1).to(self.device)
         if normalize and (self.mean.shape[1] not in (1, c) or self.std.shape[1] not in (1, c)):
-            raise ConfigError(f"mean/std have {self.mean.shape[1]}/{self.std.shape[1]} values but images have {c} channels")
+            raise ConfigError(
+                f"mean/std have {self.mean.shape[1]}/{self.std.shape[1]} values but images have {c} channels"
+            )
 
     def __len__(self) -> int:
         n = len(self.images)
@@ -64,7 +80,9 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
 
-    def iter_from(self, start_batch: int, perm: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def iter_from(
+        self, start_batch: int, perm: torch.Tensor | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start_batch``, ... of the epoch. ``perm`` is this epoch's permutation() with the generator in
         the state that call left (e.g. restored from a checkpoint); without it, a new epoch is started here."""
         if perm is None:
@@ -75,7 +93,9 @@ class Batches:
             perm = perm.to(self.images.device)
         return self._batches(int(start_batch), perm, aug_seed)
 
-    def _batches(self, start: int, perm: torch.Tensor | None, aug_seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(
+        self, start: int, perm: torch.Tensor | None, aug_seed: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, bs, cuda = len(self.images), self.batch_size, self.device.type == "cuda"
         for i in range(max(start, 0), len(self)):
             lo, hi = i * bs, min((i + 1) * bs, n)

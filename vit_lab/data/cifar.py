@@ -24,7 +24,9 @@ from .datasets import Arrays, InMemoryDataset, torchvision_download
 DOWNLOADERS = ("CIFAR10",)
 # The globals a pickled numpy array needs (numpy 1.x wrote numpy.core, 2.x writes numpy._core; Python 3's protocol 2
 # writes bytes through _codecs.encode).
-_ARRAY_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+_ARRAY_GLOBALS = {
+    (m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")
+}
 _ARRAY_GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
@@ -42,10 +44,14 @@ def read_batch(raw: bytes, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:  # latin1: the original batches were pickled by Python 2 (its str keys and array bytes)
         entry = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except Exception as e:  # any malformed pickle: truncated, wrong protocol, foreign globals
-        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {one_line(e)}); re-download it") from None
+        raise DataError(
+            f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {one_line(e)}); re-download it"
+        ) from None
     if not isinstance(entry, dict):
-        raise DataError(f"{path}: not a CIFAR-10 python batch (a {type(entry).__name__}, not a dict of data and labels); "
-                        "re-download it")
+        raise DataError(
+            f"{path}: not a CIFAR-10 python batch (a {type(entry).__name__}, not a dict of data and labels); "
+            "re-download it"
+        )
     entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}  # bytes: re-pickled files
     data, labels = entry.get("data"), entry.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
@@ -78,15 +84,21 @@ class CIFAR10Dataset(InMemoryDataset):
 
     def check(self) -> None:
         if self.channels != 3 or list(self.image_size) != [32, 32]:
-            raise invalid("image_size", self.image_size, f"and data.channels={self.channels} must be [32, 32] and 3: "
-                          "CIFAR batches hold 3x32x32 images (other sizes: data=image_folder with data.resize=true)")
+            raise invalid(
+                "image_size",
+                self.image_size,
+                f"and data.channels={self.channels} must be [32, 32] and 3: "
+                "CIFAR batches hold 3x32x32 images (other sizes: data=image_folder with data.resize=true)",
+            )
         if not isinstance(self.subdir, str):
             raise invalid("subdir", self.subdir, "must be a string (folder relative to data.root)")
         for key in ("train_files", "test_files"):
             v = getattr(self, key)
             if not isinstance(v, list) or not v or not all(isinstance(n, str) and n for n in v):
                 raise invalid(key, v, "must be a non-empty list of batch file names")
-        if self.md5 is not None and (not isinstance(self.md5, Mapping) or not all(v is None or is_md5(v) for v in self.md5.values())):
+        if self.md5 is not None and (
+            not isinstance(self.md5, Mapping) or not all(v is None or is_md5(v) for v in self.md5.values())
+        ):
             raise invalid("md5", self.md5, "must map batch file names to 32-digit hex md5s, or be null")
         if self.download not in (None, "") and self.download not in DOWNLOADERS:
             raise invalid("download", self.download, f"must be null or one of {', '.join(DOWNLOADERS)}")
@@ -123,6 +135,8 @@ class CIFAR10Dataset(InMemoryDataset):
             raise DataError(f"{path}: cannot read ({one_line(e.strerror or e)})") from None
         want = (self.md5 or {}).get(path.name)
         if want and hashlib.md5(raw).hexdigest() != want.lower():
-            raise DataError(f"{path}: md5 is {hashlib.md5(raw).hexdigest()}, expected {want.lower()} (data.md5.{path.name}); "
-                            "the file is corrupt or a different version, re-download it")
+            raise DataError(
+                f"{path}: md5 is {hashlib.md5(raw).hexdigest()}, expected {want.lower()} (data.md5.{path.name}); "
+                "the file is corrupt or a different version, re-download it"
+            )
         return read_batch(raw, path)

@@ -151,7 +151,11 @@ class InMemoryDataset:
         for key in ("mean", "std"):
             v = getattr(self, key)
             if not isinstance(v, (list, tuple)) or len(v) != self.channels or not all(is_num(x) for x in v):
-                raise invalid(key, v, f"must be a list of {self.channels} numbers (one per channel, data.channels={self.channels})")
+                raise invalid(
+                    key,
+                    v,
+                    f"must be a list of {self.channels} numbers (one per channel, data.channels={self.channels})",
+                )
         if any(s <= 0 for s in self.std):
             raise invalid("std", self.std, "must be > 0")
         for key in self.bool_keys:
@@ -196,8 +200,10 @@ class InMemoryDataset:
         if x.dtype != torch.uint8 or x.ndim != 4:
             raise DataError(f"{where}: images must be uint8 (N,C,H,W), got {x.dtype} of shape {tuple(x.shape)}")
         if tuple(x.shape[1:]) != self.chw:
-            raise DataError(f"{where}: images have shape (C,H,W)={tuple(x.shape[1:])} but the config says {self.chw} "
-                            f"({self.shape_keys()})")
+            raise DataError(
+                f"{where}: images have shape (C,H,W)={tuple(x.shape[1:])} but the config says {self.chw} "
+                f"({self.shape_keys()})"
+            )
         return x
 
     def _labels(self, y: torch.Tensor, where: str, n_images: int, images_where: str) -> torch.Tensor:
@@ -211,8 +217,15 @@ class InMemoryDataset:
             raise DataError(f"{where}: label {int(y.max())} is out of range for data.num_classes={self.num_classes}")
         return y.long()
 
-    def split(self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-              seed: int, where: str) -> ImageData:
+    def split(
+        self,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        test_x: torch.Tensor,
+        test_y: torch.Tensor,
+        seed: int,
+        where: str,
+    ) -> ImageData:
         """Hold out a seeded val set of ``val_size`` training images, then apply the limits."""
         n = len(train_x)
         if self.val_size >= n:
@@ -222,5 +235,11 @@ class InMemoryDataset:
         if self.train_limit is not None:
             train_idx = train_idx[: self.train_limit]
         test_n = len(test_x) if self.test_limit is None else min(self.test_limit, len(test_x))
-        return ImageData(train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx],
-                         test_x[:test_n].contiguous(), test_y[:test_n].contiguous())
+        return ImageData(
+            train_x[train_idx],
+            train_y[train_idx],
+            train_x[val_idx],
+            train_y[val_idx],
+            test_x[:test_n].contiguous(),
+            test_y[:test_n].contiguous(),
+        )

@@ -44,13 +44,17 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: corrupt gzip data ({type(e).__name__}: {one_line(e)}); re-download the file") from None
+        raise DataError(
+            f"{path}: corrupt gzip data ({type(e).__name__}: {one_line(e)}); re-download the file"
+        ) from None
 
 
 def _parse_idx(data: bytes, path: str | os.PathLike) -> torch.Tensor:
     """Parse IDX bytes, refusing anything whose header and payload disagree."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path}: not an IDX file (magic bytes {data[:4].hex() or 'missing'}, expected 0000 then dtype, ndim)")
+        raise DataError(
+            f"{path}: not an IDX file (magic bytes {data[:4].hex() or 'missing'}, expected 0000 then dtype, ndim)"
+        )
     code, ndim = data[2], data[3]
     if code != _IDX_UINT8:
         raise DataError(f"{path}: IDX dtype code 0x{code:02X} is not supported (only 0x08 = uint8)")
@@ -62,9 +66,13 @@ def _parse_idx(data: bytes, path: str | os.PathLike) -> torch.Tensor:
     dims = struct.unpack(f">{ndim}I", data[4:header])
     expected, payload = math.prod(dims), len(data) - header
     if payload < expected:
-        raise DataError(f"{path}: truncated, dims {list(dims)} need {expected} bytes of data but only {payload} present")
+        raise DataError(
+            f"{path}: truncated, dims {list(dims)} need {expected} bytes of data but only {payload} present"
+        )
     if payload > expected:
-        raise DataError(f"{path}: {payload - expected} trailing bytes after the {expected} bytes that dims {list(dims)} describe")
+        raise DataError(
+            f"{path}: {payload - expected} trailing bytes after the {expected} bytes that dims {list(dims)} describe"
+        )
     # copy: frombuffer on bytes is read-only, and the copy frees the big decompressed buffer
     return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, count=expected, offset=header).reshape(dims).copy())
 
@@ -95,7 +103,9 @@ class IDXDataset(InMemoryDataset):
     def check(self) -> None:
         if not isinstance(self.subdir, str):
             raise invalid("subdir", self.subdir, "must be a string (folder relative to data.root)")
-        if not isinstance(self.files, Mapping) or any(not isinstance(self.files.get(k), str) or not self.files.get(k) for k in FILE_KEYS):
+        if not isinstance(self.files, Mapping) or any(
+            not isinstance(self.files.get(k), str) or not self.files.get(k) for k in FILE_KEYS
+        ):
             raise invalid("files", self.files, f"must map each of {', '.join(FILE_KEYS)} to a file name")
         if self.md5 is not None:
             if not isinstance(self.md5, Mapping):
@@ -128,9 +138,13 @@ class IDXDataset(InMemoryDataset):
                 hint += f" (data.download={self.download} wrote {self.download}/raw; check data.subdir)"
             raise DataError(f"{self.name} data not found: {folder} lacks {', '.join(missing)}; {hint}")
         t = {key: self._read(key, path) for key, path in found.items()}
-        return Arrays(self._nchw(t["train_images"], found["train_images"]), t["train_labels"],
-                      self._nchw(t["test_images"], found["test_images"]), t["test_labels"],
-                      where={key: str(path) for key, path in found.items()})
+        return Arrays(
+            self._nchw(t["train_images"], found["train_images"]),
+            t["train_labels"],
+            self._nchw(t["test_images"], found["test_images"]),
+            t["test_labels"],
+            where={key: str(path) for key, path in found.items()},
+        )
 
     def _find(self, folder: Path) -> tuple[dict[str, Path], list[str]]:
         found, missing = {}, []
@@ -149,8 +163,10 @@ class IDXDataset(InMemoryDataset):
         if want:
             got = hashlib.md5(data).hexdigest()
             if got != want.lower():
-                raise DataError(f"{path}: md5 of uncompressed content is {got}, expected {want.lower()} (data.md5.{key}); "
-                                "the file is corrupt or a different version, re-download it")
+                raise DataError(
+                    f"{path}: md5 of uncompressed content is {got}, expected {want.lower()} (data.md5.{key}); "
+                    "the file is corrupt or a different version, re-download it"
+                )
         return _parse_idx(data, path)
 
     def _nchw(self, x: torch.Tensor, path: Path) -> torch.Tensor:

@@ -34,21 +34,30 @@ log = logging.getLogger(__name__)
 def scan(folder: Path) -> tuple[list[str], list[Path], list[int]]:
     """Class names (sorted sub-folder names), image files and their class index; one DataError per bad folder."""
     if not folder.is_dir():
-        raise DataError(f"{folder}: image folder not found; set data.root=... (or VIT_LAB_DATA) and "
-                        "data.train_dir / data.test_dir to folders holding one sub-folder of images per class")
+        raise DataError(
+            f"{folder}: image folder not found; set data.root=... (or VIT_LAB_DATA) and "
+            "data.train_dir / data.test_dir to folders holding one sub-folder of images per class"
+        )
     try:
         classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not classes:
-            raise DataError(f"{folder}: no class folders; put the images in one sub-folder per class "
-                            f"(e.g. {folder / 'cat' / '0001.png'})")
+            raise DataError(
+                f"{folder}: no class folders; put the images in one sub-folder per class "
+                f"(e.g. {folder / 'cat' / '0001.png'})"
+            )
         files: list[Path] = []
         labels: list[int] = []
         for i, name in enumerate(classes):
-            found = sorted(p for p in (folder / name).iterdir()
-                           if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+            found = sorted(
+                p
+                for p in (folder / name).iterdir()
+                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+            )
             if not found:
-                raise DataError(f"{folder / name}: class folder has no {'/'.join(IMAGE_SUFFIXES)} files; "
-                                "add its images or remove the folder")
+                raise DataError(
+                    f"{folder / name}: class folder has no {'/'.join(IMAGE_SUFFIXES)} files; "
+                    "add its images or remove the folder"
+                )
             files += found
             labels += [i] * len(found)
     except OSError as e:
@@ -72,7 +81,10 @@ def _torchvision(data: torch.Tensor, channels: int) -> torch.Tensor:
     return img if img.dtype == torch.uint8 else to_dtype(img, torch.uint8, scale=True)  # 16-bit PNGs
 
 
-DECODERS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {"torchcodec": _torchcodec, "torchvision": _torchvision}
+DECODERS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "torchcodec": _torchcodec,
+    "torchvision": _torchvision,
+}
 
 
 @functools.cache
@@ -93,7 +105,9 @@ def decode(path: Path, channels: int, decoder: str | None = None) -> torch.Tenso
             raise DataError(f"{path}: empty file; replace or remove it")
         img = DECODERS[decoder or default_decoder()](torch.frombuffer(bytearray(raw), dtype=torch.uint8), channels)
     except (OSError, RuntimeError, ValueError) as e:
-        why = re.sub(r"^[\w()]+, \S+\.cpp:\d+, ", "", one_line(getattr(e, "strerror", None) or e))  # drop the C++ location
+        why = re.sub(
+            r"^[\w()]+, \S+\.cpp:\d+, ", "", one_line(getattr(e, "strerror", None) or e)
+        )  # drop the C++ location
         raise DataError(f"{path}: cannot decode the image ({why}); replace or remove the file") from None
     return img
 
@@ -115,9 +129,15 @@ class ImageFolderDataset(InMemoryDataset):
         if self.channels not in (1, 3):
             raise invalid("channels", self.channels, "must be 1 (grayscale) or 3 (RGB) for image files")
         if not isinstance(self.train_dir, str) or not self.train_dir:
-            raise invalid("train_dir", self.train_dir, "must be a folder (relative to data.root) with one sub-folder per class")
+            raise invalid(
+                "train_dir", self.train_dir, "must be a folder (relative to data.root) with one sub-folder per class"
+            )
         if self.test_dir is not None and (not isinstance(self.test_dir, str) or not self.test_dir):
-            raise invalid("test_dir", self.test_dir, "must be a folder like data.train_dir, or null to hold out data.test_fraction")
+            raise invalid(
+                "test_dir",
+                self.test_dir,
+                "must be a folder like data.train_dir, or null to hold out data.test_fraction",
+            )
         if self.test_dir is None and (not is_num(self.test_fraction) or not 0 < self.test_fraction < 1):
             raise invalid("test_fraction", self.test_fraction, "must be in (0, 1) when data.test_dir is null")
         if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir):
@@ -128,8 +148,10 @@ class ImageFolderDataset(InMemoryDataset):
         classes, train_x, train_y = self._folder(train_dir)
         if len(classes) != self.num_classes:
             shown = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
-            raise DataError(f"{train_dir}: {len(classes)} class folders ({shown}) but data.num_classes={self.num_classes}; "
-                            f"set data.num_classes={len(classes)}")
+            raise DataError(
+                f"{train_dir}: {len(classes)} class folders ({shown}) but data.num_classes={self.num_classes}; "
+                f"set data.num_classes={len(classes)}"
+            )
         if self.test_dir is None:
             test_where = f"{train_dir} (held-out data.test_fraction={self.test_fraction})"
             train_x, train_y, test_x, test_y = self._hold_out(train_x, train_y, train_dir)
@@ -138,19 +160,27 @@ class ImageFolderDataset(InMemoryDataset):
             test_classes, test_x, local_y = self._folder(Path(test_where))
             unknown = [c for c in test_classes if c not in classes]
             if unknown:
-                raise DataError(f"{test_where}: class folder(s) {', '.join(unknown)} are not among the training classes "
-                                f"in {train_dir}; both folders need the same class names")
+                raise DataError(
+                    f"{test_where}: class folder(s) {', '.join(unknown)} are not among the training classes "
+                    f"in {train_dir}; both folders need the same class names"
+                )
             test_y = torch.tensor([classes.index(c) for c in test_classes], dtype=torch.int64)[local_y]
-        where = {"train_images": str(train_dir), "train_labels": str(train_dir),
-                 "test_images": test_where, "test_labels": test_where}
+        where = {
+            "train_images": str(train_dir),
+            "train_labels": str(train_dir),
+            "test_images": test_where,
+            "test_labels": test_where,
+        }
         return Arrays(train_x, train_y, test_x, test_y, where)
 
     def _hold_out(self, x: torch.Tensor, y: torch.Tensor, folder: Path) -> tuple[torch.Tensor, ...]:
         n = len(x)
         n_test = round(self.test_fraction * n)
         if not 0 < n_test < n:
-            raise DataError(f"{folder}: data.test_fraction={self.test_fraction} of {n} images leaves {n_test} test images; "
-                            "add images, change data.test_fraction or set data.test_dir")
+            raise DataError(
+                f"{folder}: data.test_fraction={self.test_fraction} of {n} images leaves {n_test} test images; "
+                "add images, change data.test_fraction or set data.test_dir"
+            )
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))  # fixed: one test set whatever the seed
         test, train = perm[:n_test].sort().values, perm[n_test:].sort().values
         return x[train], y[train], x[test], y[test]
@@ -164,8 +194,13 @@ class ImageFolderDataset(InMemoryDataset):
         path = self._cache_file(folder) if self.cache else None
         x = self._load_cache(path, key, len(files)) if path else None
         if x is None:
-            log.info("decoding %d images in %s with %s%s", len(files), folder, decoder,
-                     f" (once: cached in {path})" if path else "")
+            log.info(
+                "decoding %d images in %s with %s%s",
+                len(files),
+                folder,
+                decoder,
+                f" (once: cached in {path})" if path else "",
+            )
             x = self._decode(files, decoder)
             if path:
                 self._save_cache(path, key, x)
@@ -191,10 +226,14 @@ class ImageFolderDataset(InMemoryDataset):
     def _size_error(self, path: Path, hw: tuple[int, int], fits: Path | None) -> DataError:
         size, got = list(self.image_size), f"{hw[0]}x{hw[1]}"
         if fits is None:
-            return DataError(f"{path}: image is {got} but data.image_size={size} and data.resize=false; set "
-                             f"data.image_size=[{hw[0]}, {hw[1]}] if every image is {got}, or data.resize=true")
-        return DataError(f"{path}: image is {got} but {fits} is {size[0]}x{size[1]}: mixed sizes with data.resize=false; "
-                         f"set data.resize=true to resize every image to data.image_size={size}")
+            return DataError(
+                f"{path}: image is {got} but data.image_size={size} and data.resize=false; set "
+                f"data.image_size=[{hw[0]}, {hw[1]}] if every image is {got}, or data.resize=true"
+            )
+        return DataError(
+            f"{path}: image is {got} but {fits} is {size[0]}x{size[1]}: mixed sizes with data.resize=false; "
+            f"set data.resize=true to resize every image to data.image_size={size}"
+        )
 
     # ---- the cache
     def _fingerprint(self, files: list[Path], decoder: str) -> str:

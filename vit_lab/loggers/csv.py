@@ -32,8 +32,13 @@ class CSVLogger(Callback):
 
     def on_run_end(self, metrics: dict, status: str) -> None:
         if status == "completed":
-            self.rows.append({"epoch": metrics.get("epochs_completed"), "test_loss": metrics.get("test_loss"),
-                              "test_acc": metrics.get("test_acc")})
+            self.rows.append(
+                {
+                    "epoch": metrics.get("epochs_completed"),
+                    "test_loss": metrics.get("test_loss"),
+                    "test_acc": metrics.get("test_acc"),
+                }
+            )
             self._write()
 
     def _write(self) -> None:

@@ -41,13 +41,20 @@ def launch_folder() -> str:
 
 
 class MLflowLogger(Callback):
-    def __init__(self, tracking_uri: str | None = None, experiment_name: str | None = None, artifacts: bool = True,
-                 http_retries: int = 2, http_timeout: int = 10) -> None:
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment_name: str | None = None,
+        artifacts: bool = True,
+        http_retries: int = 2,
+        http_timeout: int = 10,
+    ) -> None:
         try:
             import mlflow  # noqa: F401
         except ImportError:
-            raise ConfigError('logger=mlflow needs MLflow, an optional extra: pip install -e ".[mlflow]" '
-                              "(or pip install mlflow)") from None
+            raise ConfigError(
+                'logger=mlflow needs MLflow, an optional extra: pip install -e ".[mlflow]" (or pip install mlflow)'
+            ) from None
         from vit_lab.storages import resolve_url, sqlite_file
 
         uri = tracking_uri or "sqlite:///outputs/mlflow.db"
@@ -79,7 +86,9 @@ class MLflowLogger(Callback):
                 self.on_epoch_end(record["epoch"], record)
             self._params(cfg, skip=set(self.client.get_run(self.run_id).data.params))
             return
-        run = self.client.create_run(self._experiment_id(cfg), run_name=self._run_name(run_dir), tags=self._tags(run_dir))
+        run = self.client.create_run(
+            self._experiment_id(cfg), run_name=self._run_name(run_dir), tags=self._tags(run_dir)
+        )
         self.run_id = run.info.run_id
         self._params(cfg)
 
@@ -90,7 +99,9 @@ class MLflowLogger(Callback):
             self.client.update_run(self.run_id, status="RUNNING")
             return True
         except MlflowException:
-            log.warning("the MLflow run %s of the resumed run is not in %s; starting a new MLflow run", self.run_id, self.uri)
+            log.warning(
+                "the MLflow run %s of the resumed run is not in %s; starting a new MLflow run", self.run_id, self.uri
+            )
             return False
 
     def _experiment_id(self, cfg: DictConfig) -> str:
@@ -131,7 +142,7 @@ class MLflowLogger(Callback):
 
         params = [Param(k, str(v)[:6000]) for k, v in flat_config(cfg).items() if k not in skip]
         for i in range(0, len(params), BATCH):
-            self.client.log_batch(self.run_id, params=params[i:i + BATCH])
+            self.client.log_batch(self.run_id, params=params[i : i + BATCH])
 
     def on_epoch_end(self, epoch: int, record: dict) -> None:
         if epoch not in self.logged:
@@ -142,8 +153,11 @@ class MLflowLogger(Callback):
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), stamp, step) for k, v in values.items()
-                   if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        metrics = [
+            Metric(k, float(v), stamp, step)
+            for k, v in values.items()
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def on_run_end(self, metrics: dict, status: str) -> None:

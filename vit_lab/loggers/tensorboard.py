@@ -35,8 +35,10 @@ class TensorBoardLogger(Callback):
         try:
             import torch.utils.tensorboard  # noqa: F401
         except ImportError:
-            raise ConfigError("logger=tensorboard needs the tensorboard package: pip install tensorboard "
-                              "(or choose logger=csv / logger=none)") from None
+            raise ConfigError(
+                "logger=tensorboard needs the tensorboard package: pip install tensorboard "
+                "(or choose logger=csv / logger=none)"
+            ) from None
         self.flush_secs, self.hparams = flush_secs, hparams
         self.writer: Any = None
         self.cfg: DictConfig | None = None
@@ -72,10 +74,13 @@ class TensorBoardLogger(Callback):
             if isinstance(metrics.get(key), (int, float)):
                 self.writer.add_scalar(tag(key), metrics[key], step)
         if self.hparams and self.cfg is not None:
-            results = {f"hparams/{k}": float(metrics[k]) if isinstance(metrics.get(k), (int, float)) else math.nan
-                       for k in RESULTS}
+            results = {
+                f"hparams/{k}": float(metrics[k]) if isinstance(metrics.get(k), (int, float)) else math.nan
+                for k in RESULTS
+            }
             # run_name=".": the same folder (torch would make a new run in a timestamped subfolder)
-            self.writer.add_hparams({**flat_config(self.cfg), "status": status}, results, run_name=".",
-                                    global_step=step)
+            self.writer.add_hparams(
+                {**flat_config(self.cfg), "status": status}, results, run_name=".", global_step=step
+            )
         self.writer.close()
         self.writer = None

@@ -24,7 +24,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 _LOG2E = 1.0 / math.log(2.0)
-_TINY, _HUGE = 2.0 ** -60, 2.0 ** 64  # softmax2 needs every row sum of exp2(logits) in this range
+_TINY, _HUGE = 2.0**-60, 2.0**64  # softmax2 needs every row sum of exp2(logits) in this range
 _TRANSPOSE_BELOW = 16  # head dims below this compute products with a head-dim side transposed (see above)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,16 +64,20 @@ class MyMSA(nn.Module):
 
     KERNELS = ("auto", "sdpa", "explicit", "cpu")
 
-    def __init__(self, d: int, n_heads: int = 2, style: str = "fused", dropout: float = 0.0, kernel: str = "auto") -> None:
+    def __init__(
+        self, d: int, n_heads: int = 2, style: str = "fused", dropout: float = 0.0, kernel: str = "auto"
+    ) -> None:
         super().__init__()
         if n_heads < 1 or d % n_heads:
-            raise ShapeError(f"n_heads={n_heads} does not divide hidden_d={d}; choose n_heads among the divisors of {d}")
+            raise ShapeError(
+                f"n_heads={n_heads} does not divide hidden_d={d}; choose n_heads among the divisors of {d}"
+            )
         if style not in ("fused", "tutorial"):
             raise ShapeError(f"attention style {style!r} is unknown; use 'fused' or 'tutorial'")
         if kernel not in self.KERNELS:
             raise ShapeError(f"model.attn_kernel={kernel!r} is unknown; use one of {', '.join(self.KERNELS)}")
         self.d, self.n_heads, self.d_head, self.style, self.dropout = d, n_heads, d // n_heads, style, dropout
-        self.kernel, self.scale = kernel, self.d_head ** -0.5
+        self.kernel, self.scale = kernel, self.d_head**-0.5
         if style == "fused":
             self.qkv = nn.Linear(d, 3 * d)
             self.proj = nn.Linear(d, d)
@@ -110,7 +114,12 @@ class MyMSA(nn.Module):
         kernel = self.kernel
         if kernel == "auto":
             kernel = "sdpa" if x.device.type != "cpu" else "explicit" if torch.compiler.is_compiling() else "cpu"
-        if kernel == "cpu" and p_drop == 0 and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+        if (
+            kernel == "cpu"
+            and p_drop == 0
+            and x.dtype == torch.float32
+            and not torch.is_autocast_enabled(x.device.type)
+        ):
             q = F.linear(x if nq == n else x[:, :nq], w[:d], bias[:d])  # (B, nq, d)
             out = cpu_attention(q, F.linear(x, w[d:], bias[d:]), h, self.scale)  # (B, nq, d), heads concatenated
             return self.proj_drop(self.proj(out)) if self.style == "fused" else out
@@ -140,15 +149,26 @@ class MyMSA(nn.Module):
 class MyViTBlock(nn.Module):
     """Pre-norm transformer encoder block: x + MSA(LN(x)), then x + MLP(LN(x))."""
 
-    def __init__(self, hidden_d: int, n_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 attention: str = "fused", attn_kernel: str = "auto") -> None:
+    def __init__(
+        self,
+        hidden_d: int,
+        n_heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        attention: str = "fused",
+        attn_kernel: str = "auto",
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_d)
         self.mhsa = MyMSA(hidden_d, n_heads, style=attention, dropout=dropout, kernel=attn_kernel)
         self.norm2 = nn.LayerNorm(hidden_d)
         hidden = int(round(mlp_ratio * hidden_d))
         self.mlp = nn.Sequential(
-            nn.Linear(hidden_d, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden_d), nn.Dropout(dropout)
+            nn.Linear(hidden_d, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden_d),
+            nn.Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor, n_queries: int | None = None) -> torch.Tensor:
@@ -211,13 +231,16 @@ class MyViT(nn.Module):
         self.mlp = nn.Linear(hidden_d, out_d)  # the tutorial's classification head
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """The optimizer's parameter groups: weight matrices decay; norms, biases, positions and the class token do not."""
+        """The optimizer's parameter groups: weight matrices decay; norms, biases, positions and the class token do
+        not."""
         return decay_groups(self, weight_decay, no_decay=("pos_embed", "class_token"))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or tuple(images.shape[1:]) != self.chw:  # not a broadcast error from deep inside torch
-            raise ShapeError(f"MyViT built for (C,H,W)={self.chw} got images of shape {tuple(images.shape)}; "
-                             "match data.channels/data.image_size to the model")
+            raise ShapeError(
+                f"MyViT built for (C,H,W)={self.chw} got images of shape {tuple(images.shape)}; "
+                "match data.channels/data.image_size to the model"
+            )
         tokens = self.linear_mapper(patchify(images, self.patch_size))  # (B, N, d)
         if self.class_token is not None:
             cls = self.class_token.expand(tokens.shape[0], 1, -1)
@@ -249,32 +272,46 @@ class MyViT(nn.Module):
         return (logits.softmax(dim=-1) if self.head_softmax else logits), maps
 
 
-def check_vit_shape(chw: Sequence[int], patch_size: int | Sequence[int], hidden_d: int, n_heads: int,
-                    depth: int = 1, mlp_ratio: float = 4.0) -> None:
+def check_vit_shape(
+    chw: Sequence[int],
+    patch_size: int | Sequence[int],
+    hidden_d: int,
+    n_heads: int,
+    depth: int = 1,
+    mlp_ratio: float = 4.0,
+) -> None:
     """Raise ShapeError, naming the values and the fix, for any combination that cannot build a ViT."""
     c, h, w = (int(v) for v in chw)
     sizes = list(patch_size) if isinstance(patch_size, Sequence) and not isinstance(patch_size, str) else [patch_size]
-    for name, value, ints in (("model.patch_size", patch_size, sizes), ("model.depth", depth, [depth]),
-                              ("model.hidden_d", hidden_d, [hidden_d]), ("model.n_heads", n_heads, [n_heads])):
+    for name, value, ints in (
+        ("model.patch_size", patch_size, sizes),
+        ("model.depth", depth, [depth]),
+        ("model.hidden_d", hidden_d, [hidden_d]),
+        ("model.n_heads", n_heads, [n_heads]),
+    ):
         if not ints or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in ints):
             raise ShapeError(f"{name}={value!r} must be an integer")
     if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, numbers.Real):
         raise ShapeError(f"model.mlp_ratio={mlp_ratio!r} must be a number")
     ph, pw = _pair(patch_size)
-    for name, value in (("model.patch_size", min(ph, pw)), ("model.hidden_d", hidden_d), ("model.n_heads", n_heads),
-                        ("model.depth", depth)):
+    for name, value in (
+        ("model.patch_size", min(ph, pw)),
+        ("model.hidden_d", hidden_d),
+        ("model.n_heads", n_heads),
+        ("model.depth", depth),
+    ):
         if value < 1:
             raise ShapeError(f"{name}={value} must be a positive integer")
     if mlp_ratio <= 0:
         raise ShapeError(f"model.mlp_ratio={mlp_ratio} must be > 0")
     if int(round(mlp_ratio * hidden_d)) < 1:
-        raise ShapeError(f"model.mlp_ratio={mlp_ratio} with model.hidden_d={hidden_d} leaves the MLP no hidden units; "
-                         "raise model.mlp_ratio")
+        raise ShapeError(
+            f"model.mlp_ratio={mlp_ratio} with model.hidden_d={hidden_d} leaves the MLP no hidden units; "
+            "raise model.mlp_ratio"
+        )
     if h % ph or w % pw:
         divisors = sorted(set(_divisors(h)) & set(_divisors(w)))
-        raise ShapeError(
-            f"model.patch_size={_fmt(ph, pw)} does not divide the {h}x{w} image; use one of {divisors}"
-        )
+        raise ShapeError(f"model.patch_size={_fmt(ph, pw)} does not divide the {h}x{w} image; use one of {divisors}")
     if hidden_d % n_heads:
         raise ShapeError(
             f"model.n_heads={n_heads} does not divide model.hidden_d={hidden_d}; use n_heads in {_divisors(hidden_d)}"
