@@ -11,6 +11,7 @@ from conftest import run_module
 from fake_runs import compose, fake_run
 from torchvision.io import write_jpeg, write_png
 
+from vit_lab.device import autocast
 from vit_lab.evaluate import load, normalise, probabilities
 from vit_lab.predict import read_image
 
@@ -44,7 +45,7 @@ def test_predict_gives_the_in_process_classes(tmp_path, digits):
     assert proc.returncode == 0, proc.stderr
     records = json.loads(proc.stdout)
     loaded = load(run)
-    with torch.no_grad():
+    with torch.no_grad(), autocast(loaded.device, loaded.cfg.device.precision):  # as predict computes (auto: bf16?)
         p = probabilities(loaded.model, loaded.model(normalise(loaded, images)))
     assert [r["file"] for r in records] == files
     assert [r["class"] for r in records] == p.argmax(1).tolist()
