@@ -17,15 +17,12 @@ import math
 import os
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import torch
-import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -35,12 +32,12 @@ from vit_lab import debug, preemption, sweeps
 from vit_lab.callbacks import Callbacks, StopTraining
 from vit_lab.cli import cli, full_error
 from vit_lab.config import build
-from vit_lab.data import Batches
-from vit_lab.device import autocast, compile_model, configure_process, resolve_device, resolve_precision
+from vit_lab.device import compile_model, configure_process, resolve_device, resolve_precision
 from vit_lab.ema import build_ema, check_decay
-from vit_lab.errors import Diverged, Interrupted, RunDirBusy, RunStopped, UserError
+from vit_lab.errors import Interrupted, RunDirBusy, RunStopped, UserError
 from vit_lab.io import dir_is_held, release_dir
 from vit_lab.job import Job, build_data, build_optimizer, param_groups, validate_config  # noqa: F401
+from vit_lab.loop import State, Sums, evaluate, finite_loss, optimizer_step, stop_on_signals  # noqa: F401
 from vit_lab.records import (
     CHECKPOINT,
     METRICS,
@@ -54,89 +51,6 @@ from vit_lab.records import (
 )
 
 log = logging.getLogger("vit_lab.train")
-
-
-# --------------------------------------------------------------------------- pieces of the loop
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Batches, device: torch.device, precision: str) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a split."""
-    model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    n = 0
-    for x, y in batches:
-        with autocast(device, precision):
-            out = model(x)
-        loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
-        correct += (out.argmax(dim=1) == y).sum()
-        n += len(y)
-    model.train()
-    if n == 0:
-        return float("nan"), float("nan")
-    return loss_sum.item() / n, correct.item() / n
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[dict]:
-    """Turn SIGINT/SIGTERM (and, in a submitit job, its preemption signal) into a flag checked at each step."""
-    flag: dict = {"signum": None}
-
-    def handler(signum, frame):  # noqa: ARG001
-        flag["signum"] = signum
-
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM, *preemption.signals()):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread (some launchers): signals stay with their default handlers
-        pass
-    try:
-        yield flag
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-class Sums:
-    """An epoch's running loss, correct predictions, images and seconds; on the device, so steps never sync."""
-
-    def __init__(self, device: torch.device, saved: dict | None = None) -> None:
-        saved = saved or {"loss": 0.0, "correct": 0, "seen": 0}
-        self.loss = torch.tensor(saved["loss"], device=device, dtype=torch.float64)
-        self.correct = torch.tensor(saved["correct"], device=device)
-        self.seen, self.before, self.tic = saved["seen"], saved.get("seconds", 0.0), time.perf_counter()
-
-    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
-        self.loss += loss.detach() * len(y)
-        self.correct += (out.argmax(dim=1) == y).sum()
-        self.seen += len(y)
-
-    def seconds(self) -> float:
-        return self.before + time.perf_counter() - self.tic
-
-    def state(self) -> dict:
-        """What a checkpoint keeps of a partial epoch, so the resumed epoch reports the same losses and time."""
-        return {
-            "loss": self.loss.item(),
-            "correct": int(self.correct.item()),
-            "seen": self.seen,
-            "seconds": self.seconds(),
-        }
-
-
-@dataclass
-class State:
-    """Where training stands: what ``checkpoint.pt`` saves and ``resume`` restores (besides the weights)."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # steps done in the current epoch
-    perm: torch.Tensor | None = None  # the current epoch's sample order
-    sums: dict | None = None  # the current epoch's partial Sums
-    best_val_acc: float = float("nan")
-    best_epoch: int | None = None
-    train_seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------- build
@@ -166,41 +80,28 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
         data_root=str(spec.resolve_root()),
         precision=precision,
     )
-    gen, train, val, test = build_data(cfg, spec, device)
-    log.info(
-        "%s with %s parameters on %s; %d train / %d val / %d test images; run dir %s",
-        type(model).__name__,
-        f"{run.metrics['n_params']:,}",
-        device,
-        len(train.labels),
-        len(val.labels),
-        len(test.labels),
-        run_dir,
-    )
-    log.info("precision %s (device.precision=%s)", precision, cfg.device.precision)
+    data = build_data(cfg, spec, device)  # (generator, train, val, test)
     model.to(device)
     ema = build_ema(model, cfg.trainer.get("ema_decay"))
     step_model = compile_model(model, cfg.device.get("compile_mode", "default")) if cfg.device.compile else model
-    opt, sched = build_optimizer(cfg, model, len(train))
-    return Job(
-        cfg,
-        run,
-        device,
-        model,
-        step_model,
-        callbacks,
-        gen,
-        train,
-        val,
-        test,
-        opt,
-        sched,
-        torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
-        debug.StepProfiler(cfg.trainer.get("profile"), run_dir, device),
-        ckpt,
-        ckpt_file,
-        ema,
+    opt, sched = build_optimizer(cfg, model, len(data[1]))
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
+    profiler = debug.StepProfiler(cfg.trainer.get("profile"), run_dir, device)
+    job = Job(
+        cfg, run, device, model, step_model, callbacks, *data, opt, sched, criterion, profiler, ckpt, ckpt_file, ema
     )
+    describe(job, precision)
+    return job
+
+
+def describe(job: Job, precision: str) -> None:
+    """The run's first log lines: what trains on what, where, and in which precision."""
+    sizes = (len(job.train_batches.labels), len(job.val_batches.labels), len(job.test_batches.labels))
+    log.info(
+        "%s with %s parameters on %s; %d train / %d val / %d test images; run dir %s",
+        *(type(job.model).__name__, f"{job.run.metrics['n_params']:,}", job.device, *sizes, job.run.dir),
+    )
+    log.info("precision %s (device.precision=%s)", precision, job.cfg.device.precision)
 
 
 # --------------------------------------------------------------------------- restore and save
@@ -332,42 +233,6 @@ def train_step(job: Job, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
     if job.ema is not None:
         job.ema.update_parameters(job.model)
     return loss, out
-
-
-def optimizer_step(
-    model: torch.nn.Module,
-    forward: torch.nn.Module,
-    criterion,
-    opt,
-    sched,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    precision: str,
-    grad_clip: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward through ``forward`` (the model, or its compiled form), loss on float logits, backward, optional
-    clipping, optimizer and schedule step; returns (loss, logits). The benchmarks time this same function."""
-    with autocast(x.device, precision):
-        out = forward(x)
-        loss = criterion(out.float(), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
-    sched.step()
-    return loss, out
-
-
-def finite_loss(sums: Sums, state: State) -> float:
-    """The epoch's mean loss so far; a NaN or infinite one stops the run (checked every 25 steps)."""
-    mean = sums.loss.item() / sums.seen
-    if not math.isfinite(mean):
-        raise Diverged(
-            f"training loss became {mean} at epoch {state.epoch + 1}, step {state.step}; "
-            "lower optimizer.lr or set trainer.grad_clip"
-        )
-    return mean
 
 
 def end_epoch(job: Job, state: State, sums: dict) -> dict:
