@@ -55,6 +55,8 @@ def compose(overrides: list[str] | None = None):
     from hydra import compose as _compose
     from hydra import initialize_config_dir
 
+    from vit_lab import schema  # noqa: F401 - registers the typed schemas the YAML files extend
+
     with initialize_config_dir(config_dir=str(REPO / "conf")):
         return _compose(config_name="config", overrides=list(overrides or []))
 

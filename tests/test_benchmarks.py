@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -364,3 +365,10 @@ def test_pruner_comparison_smoke(tmp_path):
         assert r["full"]["best_val_acc"] > 0 and os.path.isdir(r["full"]["run_dir"])
     assert rows["median"]["best"]["params"] == rows["nop"]["best"]["params"] and doc["same_best"] is True
     assert "| median | 2 | 0 | 4 |" in (tmp_path / "pruners.md").read_text()
+
+
+def test_benchmarks_compose_the_config_without_the_tests_registering_the_schemas():
+    """A fresh interpreter, as `python -m benchmarks.X` starts: the typed schemas are registered by compose itself."""
+    code = "from benchmarks import _common as C; cfg = C.compose(['trainer.epochs=3']); print(cfg.trainer.epochs)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "3", proc.stderr[-2000:]
