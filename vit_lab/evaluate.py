@@ -141,18 +141,9 @@ def tested_weights(state: dict) -> dict:
 
 def check_architecture(model: torch.nn.Module, state: dict, file: Path) -> None:
     """Weights of another architecture: name the mismatching keys, not a torch traceback."""
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [
-        f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
-        for k in own
-        if k in state and getattr(state[k], "shape", None) != own[k].shape
-    ]
-    problems = [
-        f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
-        if items
-    ]
+    from vit_lab.records import architecture_mismatch
+
+    problems = architecture_mismatch(model, state, shown=3)
     if problems:
         raise UserError(
             f"{file} holds weights of another architecture than the run's .hydra/config.yaml "

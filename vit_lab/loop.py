@@ -39,6 +39,22 @@ def evaluate(model: torch.nn.Module, batches: Batches, device: torch.device, pre
 
 
 @contextmanager
+def signal_handlers(handler, signals=(signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """``handler`` for ``signals`` while the block runs, the previous handlers restored after it."""
+    previous = {}
+    try:
+        for sig in signals:
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread (some launchers): signals stay with their default handlers
+        pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextmanager
 def stop_on_signals() -> Iterator[dict]:
     """Turn SIGINT/SIGTERM (and, in a submitit job, its preemption signal) into a flag checked at each step."""
     flag: dict = {"signum": None}
@@ -46,17 +62,8 @@ def stop_on_signals() -> Iterator[dict]:
     def handler(signum, frame):  # noqa: ARG001
         flag["signum"] = signum
 
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM, *preemption.signals()):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread (some launchers): signals stay with their default handlers
-        pass
-    try:
+    with signal_handlers(handler, (signal.SIGINT, signal.SIGTERM, *preemption.signals())):
         yield flag
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 class Sums:

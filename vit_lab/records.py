@@ -82,21 +82,26 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
         ) from None
 
 
-def check_compatible(model: torch.nn.Module, state: dict, where: Path) -> None:
-    """A checkpoint of another architecture names the mismatching keys instead of a torch traceback."""
+def architecture_mismatch(model: torch.nn.Module, state: dict, shown: int = 4) -> list[str]:
+    """How ``state`` (a state dict) differs from ``model``'s: missing and unexpected keys, other shapes; [] if none."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [
         f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
         for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+        if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)
     ]
-    problems = [
-        f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
+    return [
+        f"{label}: {', '.join(items[:shown])}{' ...' if len(items) > shown else ''}"
         for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
         if items
     ]
+
+
+def check_compatible(model: torch.nn.Module, state: dict, where: Path) -> None:
+    """A checkpoint of another architecture names the mismatching keys instead of a torch traceback."""
+    problems = architecture_mismatch(model, state)
     if problems:
         raise ConfigError(
             f"resume={where} holds a different architecture ({'; '.join(problems)}); "

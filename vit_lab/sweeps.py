@@ -41,18 +41,23 @@ def trial_env_override(storage: str, study_name: str, number: int, pruner: dict 
     return f"++hydra.job.env_set.{TRIAL_ENV}={quote(spec)}"
 
 
+def trial_spec() -> dict | None:
+    """The trial the sweeper handed this job (``VIT_OPTUNA_TRIAL``): storage, study, trial number, pruner; or None."""
+    raw = os.environ.get(TRIAL_ENV)
+    return json.loads(raw) if raw else None
+
+
 def current_trial() -> Any:
     """This job's Optuna trial (``optuna.trial.Trial``, with the sweep's pruner), or None outside a sweep of the
     ``vit_optuna`` sweeper or when its study is in memory."""
-    raw = os.environ.get(TRIAL_ENV)
-    if not raw:
+    spec = trial_spec()
+    if spec is None:
         return None
     import optuna
     from hydra.utils import instantiate
 
     from vit_lab import storages
 
-    spec = json.loads(raw)
     if spec["storage"] not in _STORAGES:  # one per process: a worker runs many jobs, each opening its trial
         _STORAGES[spec["storage"]] = storages.open_storage(spec["storage"])
     storage = _STORAGES[spec["storage"]]

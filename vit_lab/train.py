@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,7 +36,15 @@ from vit_lab.ema import build_ema, check_decay
 from vit_lab.errors import Interrupted, RunDirBusy, RunStopped, UserError
 from vit_lab.io import dir_is_held, release_dir
 from vit_lab.job import Job, build_data, build_optimizer, param_groups, validate_config  # noqa: F401
-from vit_lab.loop import State, Sums, evaluate, finite_loss, optimizer_step, stop_on_signals  # noqa: F401
+from vit_lab.loop import (  # noqa: F401
+    State,
+    Sums,
+    evaluate,
+    finite_loss,
+    optimizer_step,
+    signal_handlers,
+    stop_on_signals,
+)  # noqa: F401
 from vit_lab.records import (
     CHECKPOINT,
     METRICS,
@@ -378,17 +385,8 @@ def _interrupt_outside_the_loop(run_dir: Path) -> Iterator[None]:
     def handler(signum, frame):  # noqa: ARG001
         raise Interrupted(signum, run_dir, saved=(run_dir / CHECKPOINT).is_file())
 
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread (some launchers): signals keep their handlers
-        pass
-    try:
+    with signal_handlers(handler):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 # absolute: the console script imports this module, where Hydra would read "../conf" as a Python package

@@ -179,15 +179,14 @@ class MLflowLogger(Callback):
 def default_experiment() -> str:
     """The experiment of a job without ``experiment_name``: its Optuna study in a ``vit_optuna`` sweep, else its
     sweep folder in a multirun, else ``vit_lab``."""
-    import json
-
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from vit_lab.sweeps import TRIAL_ENV
+    from vit_lab.sweeps import trial_spec
 
-    if os.environ.get(TRIAL_ENV):
-        return json.loads(os.environ[TRIAL_ENV])["study"]
+    spec = trial_spec()
+    if spec is not None:
+        return spec["study"]
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         return str(HydraConfig.get().sweep.dir)
     return "vit_lab"
