@@ -35,6 +35,18 @@ def mnist_root() -> Path:
 
 
 # Tiny budgets keep end-to-end runs at a few seconds on 2 cores.
+# The smallest model and data a sweep trial or worker test trains: a trial in seconds.
+MICRO = [
+    "data.train_limit=256",
+    "data.val_size=128",
+    "data.test_limit=128",
+    "trainer.batch_size=64",
+    "model.depth=1",
+    "model.hidden_d=16",
+    "model.patch_size=7",
+    "trainer.progress=false",
+]
+
 TINY = [
     "trainer.epochs=2",
     "data.train_limit=1024",

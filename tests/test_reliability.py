@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONF, REPO, data_root, run_train
+from conftest import CONF, MICRO, REPO, data_root, run_train
 from omegaconf import OmegaConf
 
 from vit_lab import train as train_mod
@@ -605,18 +605,7 @@ def test_sigkill_at_random_moments_leaves_complete_files(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- sweeps
 
-SWEEP_TINY = [
-    "trainer.epochs=1",
-    "data.train_limit=256",
-    "data.val_size=128",
-    "data.test_limit=128",
-    "trainer.batch_size=64",
-    "model.depth=1",
-    "model.hidden_d=16",
-    "model.patch_size=7",
-    "trainer.progress=false",
-    "hydra/sweeper/pruner=nop",
-]
+SWEEP_TINY = ["trainer.epochs=1", *MICRO, "hydra/sweeper/pruner=nop"]
 
 
 def sweep_cmd(*extra: str) -> list[str]:

@@ -18,21 +18,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import data_root
+from tests.conftest import MICRO, data_root
 from vit_lab import storages
 
 STUDY = "vit_optuna-mnist"
-BUDGET = [
-    "data.train_limit=256",
-    "data.val_size=128",
-    "data.test_limit=128",
-    "trainer.batch_size=64",
-    "model.depth=1",
-    "model.hidden_d=16",
-    "model.patch_size=7",
-    "trainer.progress=false",
-    "device.threads=1",
-]
+BUDGET = [*MICRO, "device.threads=1"]
 
 
 def worker_cmd(storage: str) -> list[str]:
