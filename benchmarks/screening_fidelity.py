@@ -11,6 +11,7 @@ accuracies are measured on the same images.
     python -m benchmarks.screening_fidelity --time           # 1 epoch on all data per config: seconds per epoch
     python -m benchmarks.screening_fidelity --budgets e3-n5k --max-minutes 8   # one budget, in short pieces
     python -m benchmarks.screening_fidelity --smoke --out /tmp/s   # a few seconds: checks the plumbing
+    python -m benchmarks.screening_fidelity device.precision=fp32  # Hydra overrides go to every run
 
 Resumable: each run is `python -m vit_lab.train ... hydra.run.dir=<out>/<budget>/<config>`; completed runs are
 skipped, a killed full-budget run continues from its checkpoint. Accuracy runs use one thread (--threads), which
@@ -247,6 +248,7 @@ def time_epochs(out: Path, configs: list[tuple] = CONFIGS, smoke: bool = False) 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. device.precision=fp32")
     p.add_argument("--out", type=Path, default=C.RESULTS / "screening")
     p.add_argument("--report", action="store_true", help="only print the table from the runs already there")
     p.add_argument("--time", action="store_true", help="time one epoch on all data per config (quiet machine)")
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() > deadline:
                 print(f"--max-minutes {a.max_minutes:g} reached: run the same command again to go on", flush=True)
                 break
-            train(cfg, budget, a.out, a.smoke, threads=a.threads)
+            train(cfg, budget, a.out, a.smoke, extra=a.overrides, threads=a.threads)
     report(a.out, configs)
     return 0
 
