@@ -12,6 +12,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vit_lab.errors import ConfigError
 
+TensorList = list[torch.Tensor] | tuple[torch.Tensor, ...]  # what AveragedModel passes a multi_avg_fn
+
 
 def warmup_decay(decay: float, updates: int) -> float:
     """The decay of the average after ``updates`` updates: short at first, ``decay`` once 1 - decay > 9 / (10 + k)."""
@@ -38,7 +40,7 @@ class EMA(AveragedModel):
         self.decay = float(decay)
 
     @torch.no_grad()
-    def _average(self, averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+    def _average(self, averaged: TensorList, current: TensorList, n: torch.Tensor | int) -> None:
         if not averaged[0].is_floating_point():  # counters (batch norm's num_batches_tracked): an average truncates
             for a, c in zip(averaged, current):
                 a.copy_(c)

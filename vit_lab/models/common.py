@@ -13,7 +13,8 @@ def decay_groups(module: nn.Module, weight_decay: float, no_decay: Iterable[str]
     ``no_decay`` names parameters (by substring) that stay undecayed although they are matrices, e.g. positions.
     """
     skip = tuple(no_decay)
-    decay, rest = [], []
+    decay: list[nn.Parameter] = []
+    rest: list[nn.Parameter] = []
     for name, p in module.named_parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 and not any(s in name for s in skip) else rest).append(p)

@@ -9,8 +9,8 @@ on accelerators; on the CPU, `cpu_attention`, written for these sizes, since tor
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -211,7 +211,7 @@ class MyViT(nn.Module):
             raise ShapeError(f"model.pos_embed={pos_embed!r} is unknown; use 'sinusoidal' or 'learned'")
         if pool not in ("cls", "mean"):
             raise ShapeError(f"model.pool={pool!r} is unknown; use 'cls' or 'mean'")
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ShapeError(f"model.dropout={dropout!r} must be a number in [0, 1)")
         self.chw, self.patch_size, self.pool, self.head_softmax = (c, h, w), (ph, pw), pool, head_softmax
         self.n_patches = (h // ph) * (w // pw)
@@ -264,7 +264,7 @@ class MyViT(nn.Module):
             tokens = torch.cat([self.class_token.expand(tokens.shape[0], 1, -1), tokens], dim=1)
         x = self.drop(tokens + self.pos_embed)
         maps = []
-        for block in self.blocks:
+        for block in cast("list[MyViTBlock]", self.blocks):  # nn.ModuleList is not generic: its items type as Module
             maps.append(block.mhsa.attention_probs(block.norm1(x)))
             x = block(x)
         x = x[:, 0] if self.pool == "cls" else self.norm(x.mean(dim=1))
@@ -282,16 +282,16 @@ def check_vit_shape(
 ) -> None:
     """Raise ShapeError, naming the values and the fix, for any combination that cannot build a ViT."""
     c, h, w = (int(v) for v in chw)
-    sizes = list(patch_size) if isinstance(patch_size, Sequence) and not isinstance(patch_size, str) else [patch_size]
+    sizes = list(patch_size) if isinstance(patch_size, Sequence) else [patch_size]
     for name, value, ints in (
         ("model.patch_size", patch_size, sizes),
         ("model.depth", depth, [depth]),
         ("model.hidden_d", hidden_d, [hidden_d]),
         ("model.n_heads", n_heads, [n_heads]),
     ):
-        if not ints or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in ints):
+        if not ints or any(isinstance(v, bool) or not isinstance(v, int) for v in ints):
             raise ShapeError(f"{name}={value!r} must be an integer")
-    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, numbers.Real):
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)):
         raise ShapeError(f"model.mlp_ratio={mlp_ratio!r} must be a number")
     ph, pw = _pair(patch_size)
     for name, value in (
