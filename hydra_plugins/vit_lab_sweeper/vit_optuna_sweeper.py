@@ -23,11 +23,12 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
+from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
@@ -53,6 +54,10 @@ class SweepFailed(HydraException):
 
 class VitOptunaSweeper(Sweeper):
     """The `vit_optuna` sweeper (see the module docstring); its settings are `config.VitOptunaSweeperConf`."""
+
+    # Optional in Hydra's Sweeper; Hydra calls setup(), which sets both, before sweep()
+    config: DictConfig
+    launcher: Launcher
 
     def __init__(
         self,
@@ -82,7 +87,7 @@ class VitOptunaSweeper(Sweeper):
             instantiate({"_target_": custom_search_space, "_partial_": True}) if custom_search_space else None
         )
         self.params = params
-        self.pruner = OmegaConf.to_container(pruner, resolve=True) if isinstance(pruner, DictConfig) else pruner
+        self.pruner = _to_dict(pruner) if isinstance(pruner, DictConfig) else pruner
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.total_trials, self.divide_threads = total_trials, divide_threads
         self.url: str | None = None
@@ -160,7 +165,10 @@ class VitOptunaSweeper(Sweeper):
         with storages.storage_lock(self.url, self.study_name or ""):  # also the first worker's table creation
             storage = storages.open_storage(self.url, self.heartbeat_interval, self.grace_period)
             study = optuna.create_study(
-                study_name=self.study_name, storage=storage, directions=self.directions, load_if_exists=True
+                study_name=self.study_name,
+                storage=storage,
+                directions=[optuna.study.StudyDirection[d.upper()] for d in self.directions],
+                load_if_exists=True,
             )
             found = [d.name.lower() for d in study.directions]
             if found != self.directions:
@@ -187,7 +195,7 @@ class VitOptunaSweeper(Sweeper):
 
         conf = self.sampler_conf
         if isinstance(conf, DictConfig):
-            conf = OmegaConf.to_container(conf, resolve=True)
+            conf = _to_dict(conf)
             if conf.get("seed") is not None and session and not conf.get("_partial_"):
                 conf["seed"] += session
                 log.info(
@@ -374,6 +382,11 @@ def _directions(direction: Any) -> list[str]:
     if not names or any(n not in ("minimize", "maximize") for n in names):
         raise ConfigError(f"hydra.sweeper.direction={direction}: use minimize, maximize or a list of them")
     return names
+
+
+def _to_dict(conf: DictConfig) -> dict[str, Any]:
+    """The resolved dict of a DictConfig (OmegaConf's stubs type to_container as any container, for any input)."""
+    return cast("dict[str, Any]", OmegaConf.to_container(conf, resolve=True))
 
 
 def _pruner_name(pruner: Any) -> str:
