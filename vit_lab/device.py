@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -102,7 +103,8 @@ def check_compile_mode(mode: str) -> str:
 def compile_model(model: torch.nn.Module, mode: str = "default") -> torch.nn.Module:
     """torch.compile with a checked mode name; "reduce-overhead" records CUDA graphs, which take the per-step
     launch cost off the host (what bounds a GPU step at these model sizes, benchmarks/README.md)."""
-    return torch.compile(model, mode=None if check_compile_mode(mode) == "default" else mode)
+    compiled = torch.compile(model, mode=None if check_compile_mode(mode) == "default" else mode)
+    return cast(torch.nn.Module, compiled)  # an OptimizedModule, which torch's stubs type as the callable it wraps
 
 
 def configure_process(device: torch.device, threads: int | None = None, malloc: bool = False) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -108,7 +108,7 @@ class State:
 
 def optimizer_step(
     model: torch.nn.Module,
-    forward: torch.nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
     criterion,
     opt,
     sched,

@@ -86,7 +86,8 @@ def _with_driver(url: str) -> str:
         parsed = parsed.set(drivername="postgresql+psycopg")  # the driver the postgres extra installs
     try:
         dialect = parsed.get_dialect()
-        (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()  # imports the driver (SQLAlchemy 2 / 1.4)
+        import_dbapi: Any = getattr(dialect, "import_dbapi", None) or dialect.dbapi  # SQLAlchemy 2 / 1.4
+        import_dbapi()  # imports the driver
     except (ImportError, NoSuchModuleError) as e:
         ours = parsed.drivername in ("postgresql", "postgresql+psycopg", "mysql", "mysql+pymysql")
         fix = _EXTRAS[backend] if ours else f"install the Python driver of {parsed.drivername}"
@@ -140,10 +141,14 @@ def open_storage(url: str | None, heartbeat_interval: int | None = None, grace_p
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(file)))
-    hb = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period) if heartbeat_interval else {}
     with warnings.catch_warnings():  # heartbeat arguments are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **hb)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs(url),
+            heartbeat_interval=heartbeat_interval or None,
+            grace_period=grace_period if heartbeat_interval else None,
+        )
 
 
 # --------------------------------------------------------------------------- a lock across worker processes

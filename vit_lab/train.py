@@ -372,7 +372,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | 
 
 def _log_to_files(level: int, message: str, console: bool = False) -> None:
     """Log to the run's files only (a single run prints its own one line), or everywhere (a sweep's job)."""
-    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    record = log.makeRecord(log.name, level, __file__, 0, message, (), None)
     for handler in logging.getLogger().handlers:
         if console or isinstance(handler, logging.FileHandler):
             handler.handle(record)

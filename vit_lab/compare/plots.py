@@ -253,6 +253,7 @@ def plot_pareto(summaries: Sequence[dict], out: str | Path) -> tuple[Path, int]:
     the non-dominated ones highlighted. Two or three objectives."""
     import warnings
 
+    from matplotlib.figure import Figure
     from optuna.trial import TrialState
     from optuna.visualization.matplotlib import plot_pareto_front
 
@@ -275,6 +276,7 @@ def plot_pareto(summaries: Sequence[dict], out: str | Path) -> tuple[Path, int]:
         warnings.simplefilter("ignore")  # optuna's matplotlib plots are marked experimental
         ax = plot_pareto_front(study, target_names=names)
         fig = ax.figure
+        assert isinstance(fig, Figure), "optuna's plot_pareto_front draws on a new top-level figure"
         fig.set_size_inches(*PARETO_SIZE)
         if len(names) == 2:  # trial numbers beside the Pareto-optimal points, as the summary lists them
             x_log, y_log = log_axes(study)

@@ -26,7 +26,7 @@ from vit_lab.compare.runs import load_run
 from vit_lab.run_files import METRICS
 
 # (folder, overrides): the folder names sort in the table's order.
-RUNS = (
+RUNS: tuple[tuple[str, list[str]], ...] = (
     ("1-tutorial", ["experiment=tutorial"]),
     ("2-tutorial_fixed", ["experiment=tutorial_fixed"]),
     ("3-vit", []),

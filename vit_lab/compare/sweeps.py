@@ -3,17 +3,21 @@ its Pareto-optimal trials), trial counts and importances."""
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from vit_lab import storages
 from vit_lab.compare.runs import read_yaml
 from vit_lab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 
 def sweeper_settings(sweep_dir: Path) -> dict | None:
@@ -27,7 +31,7 @@ def sweeper_settings(sweep_dir: Path) -> dict | None:
         except (OSError, yaml.YAMLError, KeyError, TypeError):
             continue
         if isinstance(sweeper, dict) and "optuna" in str(sweeper.get("_target_", "")).lower():
-            settings = {
+            settings: dict[str, Any] = {
                 "storage": sweeper.get("storage"),
                 "study_name": sweeper.get("study_name"),
                 "direction": sweeper.get("direction"),
@@ -197,7 +201,9 @@ def _importances(study, names: list[str]) -> dict:
     study (whose importances need a target)."""
     import optuna
 
-    targets = {n: (lambda t, i=i: t.values[i]) for i, n in enumerate(names)} or {"": None}
+    targets: dict[str, Callable[[FrozenTrial], float] | None] = {
+        n: functools.partial(_objective_value, index=i) for i, n in enumerate(names)
+    } or {"": None}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -208,6 +214,10 @@ def _importances(study, names: list[str]) -> dict:
     except Exception as e:  # noqa: BLE001 - e.g. no parameter varied yet
         return {"importance_note": f"importances unavailable ({type(e).__name__})"}
     return {"importances": found[""]} if not names else {"importances_by_objective": found}
+
+
+def _objective_value(trial: FrozenTrial, index: int) -> float:
+    return trial.values[index]
 
 
 def summaries(sweep_dirs: Sequence[Path], display) -> list[dict]:

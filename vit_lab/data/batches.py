@@ -51,7 +51,8 @@ class Batches:
         self.augment = augment if augment is not None and augment.active else None
         self.generator, self.device, self.normalize = generator, torch.device(device), normalize
         c = images.shape[1]
-        mean, std = (0.0, 1.0) if not normalize and mean is None and std is None else (mean, std)
+        if not normalize and mean is None and std is None:
+            mean, std = (0.0,), (1.0,)
         self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1).to(self.device)
         self.std = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1).to(self.device)
         if normalize and (self.mean.shape[1] not in (1, c) or self.std.shape[1] not in (1, c)):

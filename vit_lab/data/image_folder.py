@@ -214,9 +214,10 @@ class ImageFolderDataset(InMemoryDataset):
         fits = None  # the first file already of data.image_size, quoted when sizes are mixed
         for i, path in enumerate(files):  # I/O: once per file, at cache-build time only
             img = decode(path, c, decoder)
-            if tuple(img.shape[1:]) != (h, w):
+            got = (img.shape[1], img.shape[2])
+            if got != (h, w):
                 if not self.resize:
-                    raise self._size_error(path, tuple(img.shape[1:]), fits)
+                    raise self._size_error(path, got, fits)
                 img = resize(img, [h, w], antialias=True)
             elif fits is None:
                 fits = path
