@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
 from vit_lab import device as vit_lab_device
 from vit_lab.io import write_json
@@ -71,7 +72,9 @@ def size_overrides(size: dict) -> list[str]:
     ]
 
 
-def build_vit_lab(size: dict, overrides: list[str] | None = None, chw=(1, 28, 28)) -> tuple[torch.nn.Module, object]:
+def build_vit_lab(
+    size: dict, overrides: list[str] | None = None, chw=(1, 28, 28)
+) -> tuple[torch.nn.Module, DictConfig]:
     """vit_lab's model built from the trainer's config (defaults + the size + overrides); returns (model, cfg)."""
     from vit_lab.config import build
 

@@ -94,7 +94,7 @@ def run(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         out["gpu"] = torch.cuda.get_device_name(device)
-    specs = [
+    specs: list[tuple[str, str, str, bool | str]] = [
         ("vit_lab_fp32", "vit_lab", "fp32", False),
         ("vit_lab_bf16", "vit_lab", "bf16", False),
         ("timm_bf16", "timm", "bf16", False),

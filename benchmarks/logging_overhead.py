@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks import _common as C
 from vit_lab.run_files import METRICS
@@ -107,7 +108,7 @@ def measure(loggers: list[str], epochs: int, rounds: int, steps: int) -> dict:
             for name in loggers[r % len(loggers) :] + loggers[: r % len(loggers)]:
                 lives[name].append(one_life(name, Path(tmp), store, epochs))
     epoch = epoch_seconds(max(3, rounds), steps)
-    out = {
+    out: dict[str, Any] = {
         "epochs": epochs,
         "rounds": rounds,
         "default_epoch_seconds": epoch,

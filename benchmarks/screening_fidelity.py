@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks import _common as C
 from vit_lab.io import atomic_write, read_json, write_json
@@ -150,8 +151,8 @@ def fidelity(table: dict[str, dict[str, dict]]) -> list[dict]:
     from scipy.stats import spearmanr
 
     full = {k: m["best_val_acc"] for k, m in table.get(FULL, {}).items()}
-    ranked = sorted(full, key=full.get, reverse=True)
-    candidates = [
+    ranked = sorted(full, key=lambda k: full[k], reverse=True)
+    candidates: list[tuple[str, dict[str, Any], int, str | None]] = [
         (b, {k: m["best_val_acc"] for k, m in table.get(b, {}).items()}, images_per_trial(b), b)
         for b in BUDGETS
         if b != FULL
@@ -178,7 +179,7 @@ def fidelity(table: dict[str, dict[str, dict]]) -> list[dict]:
         if len(common) >= 3:
             res = spearmanr([vals[k] for k in common], [full[k] for k in common])
             row["spearman"], row["p_value"] = float(res.statistic), float(res.pvalue)
-            winner = max(common, key=vals.get)
+            winner = max(common, key=lambda k: vals[k])
             row["winner"], row["winner_full_rank"] = winner, ranked.index(winner) + 1
         rows.append(row)
     return rows

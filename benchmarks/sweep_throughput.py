@@ -132,7 +132,7 @@ def study_figures(folder: Path, mode: str, wall: float, slots: int) -> dict:
         "trials": states,
         "trials_per_hour": 3600 * len(finished) / wall,
         "epochs_trained": sum(len(t.intermediate_values) for t in trials),
-        "best_val_acc": max((t.value for t in complete), default=None),
+        "best_val_acc": max((t.value for t in complete if t.value is not None), default=None),
         "slot_seconds": slots * wall,
         "busy_share": busy / (slots * wall),
         "batch_wait_share": batch_wait / (slots * wall),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from typing import Any
 
 import torch
 
@@ -96,7 +97,7 @@ def run(
     eval_: bool = True,
 ) -> dict:
     C.set_threads(threads)
-    results = {"batch": batch, "threads": torch.get_num_threads(), "rounds": rounds, "sizes": {}}
+    results: dict[str, Any] = {"batch": batch, "threads": torch.get_num_threads(), "rounds": rounds, "sizes": {}}
     for size_name in sizes:
         load0 = C.loadavg()
         x, y = C.synthetic_batch(batch)

@@ -89,6 +89,8 @@ class LoopViTBlock(nn.Module):
 class TutorialViT(nn.Module):
     """``TutorialViT((1, 28, 28), n_patches=7, n_blocks=2, hidden_d=8, n_heads=2, out_d=10)``: 1,642 parameters."""
 
+    positional_embeddings: torch.Tensor  # a buffer: register_buffer() sets it
+
     def __init__(
         self,
         chw=(1, 28, 28),
@@ -102,7 +104,7 @@ class TutorialViT(nn.Module):
         super().__init__()
         c, h, w = chw
         assert h % n_patches == 0 and w % n_patches == 0, "n_patches must divide the image size"
-        self.chw, self.n_patches = (c, h, w), n_patches
+        self.chw, self.n_patches, self.n_blocks, self.n_heads = (c, h, w), n_patches, n_blocks, n_heads
         self.patch_size = (h // n_patches, w // n_patches)
         self.input_d = c * self.patch_size[0] * self.patch_size[1]
         self.linear_mapper = nn.Linear(self.input_d, hidden_d)
@@ -137,18 +139,15 @@ def from_size(size: dict, chw=(1, 28, 28)) -> TutorialViT:
 @torch.no_grad()
 def copy_into_vit_lab(tutorial: TutorialViT, model: nn.Module) -> nn.Module:
     """Copy the loop model's weights into a tutorial-style ``MyViT`` (attention="tutorial", head_softmax=True)."""
-    model.linear_mapper.weight.copy_(tutorial.linear_mapper.weight)
-    model.linear_mapper.bias.copy_(tutorial.linear_mapper.bias)
-    model.class_token.copy_(tutorial.class_token)
-    for mine, theirs in zip(model.blocks, tutorial.blocks):
-        for name in ("norm1", "norm2"):
-            getattr(mine, name).load_state_dict(getattr(theirs, name).state_dict())
-        msa = theirs.mhsa
-        for h in range(msa.n_heads):
-            for i, maps in enumerate((msa.q_mappings, msa.k_mappings, msa.v_mappings)):
-                mine.mhsa.qkv_weight[h, i].copy_(maps[h].weight)
-                mine.mhsa.qkv_bias[h, i].copy_(maps[h].bias)
-        mine.mlp[0].load_state_dict(theirs.mlp[0].state_dict())
-        mine.mlp[3].load_state_dict(theirs.mlp[2].state_dict())
-    model.mlp.load_state_dict(tutorial.mlp[0].state_dict())
+    theirs = tutorial.state_dict()
+    same = ("linear_mapper.weight", "linear_mapper.bias", "class_token")
+    mine = {k: theirs[k] for k in same} | {"mlp.weight": theirs["mlp.0.weight"], "mlp.bias": theirs["mlp.0.bias"]}
+    for b in range(tutorial.n_blocks):
+        p = f"blocks.{b}."
+        mine |= {p + k: theirs[p + k] for k in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias")}
+        mine |= {f"{p}mlp.{i}.{k}": theirs[f"{p}mlp.{j}.{k}"] for i, j in ((0, 0), (3, 2)) for k in ("weight", "bias")}
+        for k in ("weight", "bias"):  # (heads, q/k/v, ...): head h's own q, k and v Linear
+            per_head = [[theirs[f"{p}mhsa.{m}_mappings.{h}.{k}"] for m in "qkv"] for h in range(tutorial.n_heads)]
+            mine[f"{p}mhsa.qkv_{k}"] = torch.stack([torch.stack(qkv) for qkv in per_head])
+    model.load_state_dict(mine)  # strict: every parameter of the ViT gets a tutorial weight
     return model
