@@ -18,7 +18,8 @@ def readme_command(which: str) -> str:
 def test_ci_runs_the_readme_test_command():
     cmd = readme_command("test")
     assert cmd.startswith("python3 -m venv .venv") and cmd.endswith("python -m pytest -q -n 2")
-    assert cmd.index("ruff check .") < cmd.index("ruff format --check .") < cmd.index("pytest")  # lint first
+    checks = [cmd.index(c) for c in ("ruff check .", "ruff format --check .", "&& mypy &&", "pytest")]
+    assert checks == sorted(checks)  # lint, format and type checks before the tests
     assert "VIT_LAB_DATA=../shared/data" in cmd and f"    {cmd}\n" in (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
     assert "readme_command.py test" in ci and 'bash -c "$cmd"' in ci
