@@ -5,9 +5,9 @@
     python -m vit_lab.train resume=outputs/runs/2026-11-27/10-00-00   # continue a run
 
 ``train()`` reads top to bottom: setup (config check, device, callbacks and loggers, model, data, optimizer,
-schedule) -> restore (from ``resume``) -> fit (the epoch loop) -> test -> finish, with the callbacks told when the
-run starts, after each epoch and how it ended. The run directory's files (``vit_lab.records``) are written
-atomically, so a killed run always leaves readable files and can be resumed.
+schedule) -> restore (from ``resume``: ``vit_lab.resume``) -> fit (the epoch loop) -> test -> finish, with the
+callbacks told when the run starts, after each epoch and how it ended (``vit_lab.endings``). The run directory's
+files (``vit_lab.records``) are written atomically, so a killed run always leaves readable files and can be resumed.
 """
 
 from __future__ import annotations
@@ -16,15 +16,13 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from vit_lab import debug, preemption, sweeps
@@ -33,29 +31,13 @@ from vit_lab.cli import cli, full_error
 from vit_lab.config import build
 from vit_lab.device import compile_model, configure_process, resolve_device, resolve_precision
 from vit_lab.ema import build_ema, check_decay
+from vit_lab.endings import exit_after, interrupt_outside_the_loop, record_failure, running
 from vit_lab.errors import Interrupted, RunDirBusy, RunStopped, UserError
 from vit_lab.io import dir_is_held, release_dir
-from vit_lab.job import Job, build_data, build_optimizer, param_groups, validate_config  # noqa: F401
-from vit_lab.loop import (  # noqa: F401
-    State,
-    Sums,
-    evaluate,
-    finite_loss,
-    optimizer_step,
-    signal_handlers,
-    stop_on_signals,
-)  # noqa: F401
-from vit_lab.records import (
-    CHECKPOINT,
-    METRICS,
-    Run,
-    check_compatible,
-    finish_with_error,  # noqa: F401
-    git_info,
-    load_checkpoint,
-    now,
-    versions,
-)
+from vit_lab.job import Job, build_data, build_optimizer, param_groups, validate_config  # noqa: F401 (re-exported)
+from vit_lab.loop import State, Sums, evaluate, finite_loss, optimizer_step, stop_on_signals
+from vit_lab.records import CHECKPOINT, METRICS, Run, check_compatible, git_info, load_checkpoint, now, versions
+from vit_lab.resume import checkpoint, restore, save_epoch
 
 log = logging.getLogger("vit_lab.train")
 
@@ -111,68 +93,7 @@ def describe(job: Job, precision: str) -> None:
     log.info("precision %s (device.precision=%s)", precision, job.cfg.device.precision)
 
 
-# --------------------------------------------------------------------------- restore and save
-
-
-def restore(job: Job) -> State:
-    """A fresh start, or the state of ``cfg.resume``'s checkpoint: weights, optimizer, schedule, order, RNG."""
-    ckpt, job.ckpt = job.ckpt, None
-    if ckpt is None:
-        return State()
-    job.model.load_state_dict(ckpt["model"])
-    job.opt.load_state_dict(ckpt["optimizer"])
-    job.sched.load_state_dict(ckpt["scheduler"])
-    if job.ema is not None and "ema" in ckpt:  # without one (EMA turned on at resume) the average starts now
-        job.ema.load_state_dict(ckpt["ema"])
-    job.gen.set_state(ckpt["gen_state"])
-    torch.set_rng_state(ckpt["rng_state"])
-    job.callbacks.load_state_dict(ckpt.get("callbacks", {}))
-    state = State(
-        epoch=ckpt["epoch"],
-        step=ckpt["step"],
-        perm=ckpt["perm"],
-        sums=ckpt["sums"],
-        best_val_acc=ckpt["best_val_acc"],
-        best_epoch=ckpt.get("best_epoch"),
-        train_seconds=ckpt["train_seconds"],
-    )
-    job.run.history = ckpt["history"]
-    job.run.write_history()  # the callbacks of a resumed run find the earlier epochs there
-    if job.ckpt_file is not None:
-        job.run.carry_best(job.ckpt_file)
-    job.run.write_metrics(
-        epochs_completed=state.epoch,
-        train_seconds=state.train_seconds,
-        best_val_acc=state.best_val_acc,
-        best_epoch=state.best_epoch,
-    )
-    log.info("resumed from %s at epoch %d, step %d", job.ckpt_file, state.epoch, state.step)
-    return state
-
-
-def checkpoint(job: Job, state: State) -> dict:
-    """Everything ``restore`` needs to continue exactly from this step."""
-    return {
-        "model": job.model.state_dict(),
-        "optimizer": job.opt.state_dict(),
-        "scheduler": job.sched.state_dict(),
-        "epoch": state.epoch,
-        "step": state.step,
-        "perm": state.perm,
-        "sums": state.sums,
-        "gen_state": job.gen.get_state(),
-        "rng_state": torch.get_rng_state(),
-        "history": job.run.history,
-        "best_val_acc": state.best_val_acc,
-        "best_epoch": state.best_epoch,
-        "train_seconds": state.train_seconds,
-        "callbacks": job.callbacks.state_dict(),
-        "config": OmegaConf.to_container(job.cfg, resolve=True),
-        **({"ema": job.ema.state_dict()} if job.ema is not None else {}),
-    }
-
-
-# --------------------------------------------------------------------------- fit, test, finish
+# --------------------------------------------------------------------------- fit and test
 
 
 def fit(job: Job, state: State) -> None:
@@ -266,18 +187,6 @@ def end_epoch(job: Job, state: State, sums: dict) -> dict:
     return record
 
 
-def save_epoch(job: Job, state: State) -> None:
-    """The epoch's checkpoint, then metrics.json: written in this order, metrics.json is never ahead of it."""
-    job.run.save_checkpoint(checkpoint(job, state))
-    job.run.write_metrics(
-        epochs_completed=state.epoch,
-        best_val_acc=state.best_val_acc,
-        best_epoch=state.best_epoch,
-        val_acc=job.run.history[-1]["val_acc"],
-        train_seconds=state.train_seconds,
-    )
-
-
 def test(job: Job, state: State) -> None:
     """Evaluate the test set once, with the last weights (their average with EMA), and record the completed run."""
     test_loss, test_acc = evaluate(job.eval_model, job.test_batches, job.device, job.cfg.device.precision)
@@ -298,32 +207,6 @@ def test(job: Job, state: State) -> None:
         state.train_seconds,
         job.run.dir,
     )
-
-
-def ending(e: BaseException) -> tuple[str, str]:
-    """The status and reason an exception ends a run with."""
-    if isinstance(e, (Interrupted, KeyboardInterrupt)):
-        return "interrupted", str(e) or "interrupted"
-    if isinstance(e, RunStopped):
-        return e.status, str(e)
-    return "failed", str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-
-
-@contextmanager
-def running(job: Job) -> Iterator[None]:
-    """Tell the callbacks the run starts and, whatever ends it, how it ended (recorded in metrics.json first)."""
-    try:
-        job.callbacks.on_run_start(job.cfg, job.run.dir, job.ckpt_file is not None)
-        yield
-    except BaseException as e:
-        status, reason = ending(e)
-        job.run.write_metrics(status=status, reason=reason, finished=now())
-        try:
-            job.callbacks.on_run_end(job.run.metrics, status)
-        except Exception as hook_error:  # noqa: BLE001 - the run's own error is the one to report
-            log.warning("a callback failed while the run ended (%s: %s)", type(hook_error).__name__, hook_error)
-        raise
-    job.callbacks.on_run_end(job.run.metrics, "completed")
 
 
 # --------------------------------------------------------------------------- the run
@@ -370,25 +253,6 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | 
 # --------------------------------------------------------------------------- the command
 
 
-def _log_to_files(level: int, message: str, console: bool = False) -> None:
-    """Log to the run's files only (a single run prints its own one line), or everywhere (a sweep's job)."""
-    record = log.makeRecord(log.name, level, __file__, 0, message, (), None)
-    for handler in logging.getLogger().handlers:
-        if console or isinstance(handler, logging.FileHandler):
-            handler.handle(record)
-
-
-@contextmanager
-def _interrupt_outside_the_loop(run_dir: Path) -> Iterator[None]:
-    """SIGINT/SIGTERM before or after the training loop (which checks its own flag) ends the run as interrupted."""
-
-    def handler(signum, frame):  # noqa: ARG001
-        raise Interrupted(signum, run_dir, saved=(run_dir / CHECKPOINT).is_file())
-
-    with signal_handlers(handler):
-        yield
-
-
 # absolute: the console script imports this module, where Hydra would read "../conf" as a Python package
 @hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
@@ -398,26 +262,13 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
     try:
         claim_run_dir(run_dir)  # before train(), so a failure is recorded while the directory is still ours
         cfg.resume = preemption.resume_from(run_dir, CHECKPOINT, METRICS) or cfg.resume  # a requeued Slurm job
-        with _interrupt_outside_the_loop(run_dir):
+        with interrupt_outside_the_loop(run_dir):
             return train(cfg, run_dir)
     except (UserError, RunStopped, Interrupted) as e:
-        status, reason = ending(e)
-        if not isinstance(e, RunDirBusy):  # that metrics.json belongs to the other run
-            finish_with_error(run_dir, status, reason)
-        # a single run's console gets the one line below; a sweep job's error must reach the console here, or
-        # the sweep's own summary ("no trial completed") would be all the user sees
-        _log_to_files(logging.ERROR, f"{status}: {e}", console=multirun and not isinstance(e, Interrupted))
-        if isinstance(e, Interrupted):
-            preemption.hand_over(e.signum)  # submitit's preemption signal: submitit requeues the job and exits
+        record_failure(e, run_dir, multirun)
         if full_error():  # the user's HYDRA_FULL_ERROR=1: the traceback, for debugging; metrics.json is already written
             raise
-        if isinstance(e, Interrupted):
-            print(f"vit_lab: {e}", file=sys.stderr)
-            sys.exit(128 + e.signum)
-        if multirun:  # a failed trial, not a failed sweep: NaN (one per objective) is recorded as a failed trial
-            return sweeps.failed_values(cfg)
-        print(f"vit_lab: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return exit_after(e, cfg, multirun)
     finally:
         release_dir(run_dir)  # this process is done writing there
 
