@@ -321,3 +321,73 @@ def test_cnn_baseline_any_shape():
         assert model(torch.randn(3, *chw)).shape == (3, 4)
     with pytest.raises(ShapeError):
         SimpleCNN((1, 2, 2))
+
+
+def _reference_forward(model: MyViT, x: torch.Tensor) -> torch.Tensor:
+    """The ViT's forward as it was before the distillation token, written out: every block over every token."""
+    t = model.linear_mapper(patchify(x, model.patch_size))
+    if model.pool == "cls":
+        t = torch.cat([model.class_token.expand(len(x), 1, -1), t], dim=1)
+    t = t + model.pos_embed
+    for block in model.blocks:
+        t = block(t)
+    return model.mlp(t[:, 0] if model.pool == "cls" else model.norm(t.mean(dim=1)))
+
+
+@pytest.mark.parametrize("kw", [dict(pos_embed="learned"), dict(pos_embed="sinusoidal"), dict(pool="mean")])
+def test_without_distillation_token_the_model_is_unchanged(kw):
+    """model.distill_token=false (the default): the same random draws, the state-dict keys existing checkpoints
+    hold, and the same outputs as the forward before the token existed."""
+    torch.manual_seed(0)
+    default = MyViT((1, 28, 28), patch_size=7, depth=1, hidden_d=8, n_heads=2, **kw).eval()
+    torch.manual_seed(0)
+    off = MyViT((1, 28, 28), patch_size=7, depth=1, hidden_d=8, n_heads=2, distill_token=False, **kw).eval()
+    block = [f"blocks.0.{k}" for k in vit_module.MyViTBlock(8, 2).state_dict()]
+    keys = ["class_token"] * (kw.get("pool") != "mean") + ["pos_embed"] * (kw.get("pos_embed") == "learned")
+    norm = ["norm.weight", "norm.bias"] if kw.get("pool") == "mean" else []
+    assert list(off.state_dict()) == [
+        *keys,
+        "linear_mapper.weight",
+        "linear_mapper.bias",
+        *block,
+        *norm,
+        "mlp.weight",
+        "mlp.bias",
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), off.state_dict().values()))
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(off(x), default(x))
+        assert torch.allclose(off(x), _reference_forward(off, x), atol=1e-6)
+    assert off.n_prefix == (kw.get("pool") != "mean") and off.dist_token is None and off.head_dist is None
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal"])
+def test_distillation_token_adds_a_token_a_position_and_a_head(pos):
+    """DeiT's token: hidden_d token weights, a (hidden_d x classes + classes) head, and hidden_d more learned positions;
+    eval answers the mean of both heads, distilled training returns both, plain training the mean."""
+    d, classes = 8, 10
+    base = MyViT((1, 28, 28), patch_size=7, depth=2, hidden_d=d, n_heads=2, pos_embed=pos)
+    torch.manual_seed(0)
+    model = MyViT((1, 28, 28), patch_size=7, depth=2, hidden_d=d, n_heads=2, pos_embed=pos, distill_token=True)
+    grown = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in base.parameters())
+    assert grown == d + (d * classes + classes) + (d if pos == "learned" else 0)
+    assert model.n_prefix == 2 and model.pos_embed.shape == (2 + 16, d)
+    x = torch.randn(3, 1, 28, 28)
+    t = torch.cat([model.class_token.expand(3, 1, -1), model.dist_token.expand(3, 1, -1)], dim=1)
+    t = torch.cat([t, model.linear_mapper(patchify(x, 7))], dim=1) + model.pos_embed
+    for block in model.blocks:  # every token through every block: the last-block shortcut must not change a thing
+        t = block(t)
+    cls, dist = model.mlp(t[:, 0]), model.head_dist(t[:, 1])
+    assert torch.allclose(model.eval()(x), (cls + dist) / 2, atol=1e-6)
+    assert torch.allclose(model.train()(x), (cls + dist) / 2, atol=1e-6)  # no teacher: one output, the mean
+    model.distilled_training = True
+    pair = model(x)
+    assert (
+        isinstance(pair, tuple) and torch.allclose(pair[0], cls, atol=1e-6) and torch.allclose(pair[1], dist, atol=1e-6)
+    )
+    (pair[0].sum() + pair[1].sum()).backward()
+    assert model.dist_token.grad is not None and model.dist_token.grad.abs().sum() > 0
+    assert torch.equal(model.eval()(x), (pair[0] + pair[1]).detach() / 2)  # eval ignores distilled_training
+    with pytest.raises(ShapeError, match="pool=cls"):
+        MyViT((1, 28, 28), patch_size=7, hidden_d=d, n_heads=2, pool="mean", distill_token=True)

@@ -40,22 +40,23 @@ def attention_maps(model: MyViT, images: torch.Tensor) -> tuple[torch.Tensor, to
     return logits, torch.stack(maps, dim=1)
 
 
-def token_attention(maps: torch.Tensor, pool: str) -> torch.Tensor:
-    """(B, L, h, N, N) -> (B, L, h, P): the class token's attention over the P patches (pool=cls), or the mean
-    token's (pool=mean: the average of every token's row)."""
-    return maps[..., 0, 1:] if pool == "cls" else maps.mean(dim=-2)
+def token_attention(maps: torch.Tensor, pool: str, prefix: int = 1) -> torch.Tensor:
+    """(B, L, h, N, N) -> (B, L, h, P): the class token's attention over the P patches (pool=cls; the ``prefix``
+    class and distillation tokens skipped), or the mean token's (pool=mean: the average of every token's row)."""
+    return maps[..., 0, prefix:] if pool == "cls" else maps.mean(dim=-2)
 
 
-def rollout(maps: torch.Tensor, pool: str) -> torch.Tensor:
+def rollout(maps: torch.Tensor, pool: str, prefix: int = 1) -> torch.Tensor:
     """Attention rollout, (B, L, h, N, N) -> (B, P) summing to 1: average the heads, add the identity (the
-    residual), renormalise the rows, multiply the layers' matrices; the class token's (or mean) row over patches."""
+    residual), renormalise the rows, multiply the layers' matrices; the class token's (or mean) row over patches
+    (the ``prefix`` columns of the class and distillation tokens skipped)."""
     a = maps.mean(dim=2)
     a = a + torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
     a = a / a.sum(dim=-1, keepdim=True)
     r = a[:, 0]
     for layer in range(1, a.shape[1]):  # a handful of layers: the product runs batched over images
         r = a[:, layer] @ r
-    row = r[:, 0, 1:] if pool == "cls" else r.mean(dim=1)
+    row = r[:, 0, prefix:] if pool == "cls" else r.mean(dim=1)
     return row / row.sum(dim=-1, keepdim=True)
 
 
@@ -105,7 +106,7 @@ def deletion_test(
 
     base = probabilities(model, logits)[rows, y]
     fill = background(run)
-    top = true_prob(mask_patches(model, x, rollout(maps, pool).topk(k, dim=1).indices, fill))
+    top = true_prob(mask_patches(model, x, rollout(maps, pool, model.n_prefix).topk(k, dim=1).indices, fill))
     gen = torch.Generator().manual_seed(seed)
     rand = torch.stack(
         [
@@ -148,14 +149,14 @@ def ink_attention(run: LoadedRun, n: int, threshold: int = 128) -> dict[str, Any
     raw, x, _, _ = test_images(run, n, "first")
     _, maps = attention_maps(model, x)
     ink = (patchify(raw.float(), model.patch_size).amax(dim=-1) >= threshold).float()  # (B, P)
-    tok = token_attention(maps, model.pool)  # (B, L, h, P)
+    tok = token_attention(maps, model.pool, model.n_prefix)  # (B, L, h, P)
     shares = (tok * ink[:, None, None]).sum(-1) / tok.sum(-1)  # of the attention over patches
     doc = {
         "n": len(x),
         "threshold": threshold,
         "ink_patch_share": ink.mean().item(),
         "layers": shares.mean(0).tolist(),
-        "rollout": (rollout(maps, model.pool) * ink).sum(-1).mean().item(),
+        "rollout": (rollout(maps, model.pool, model.n_prefix) * ink).sum(-1).mean().item(),
     }
     if model.pool == "cls":  # what the class token keeps for itself
         doc["cls_self"] = maps[..., 0, 0].mean(dim=(0, 2)).tolist()
@@ -245,8 +246,8 @@ def figure(run: LoadedRun, n: int, out: str | Path, mode: str = "rollout", pick:
     logits, maps = attention_maps(model, x)
     pred, pool = logits.argmax(dim=1), model.pool
     gray = raw[:, 0].cpu() if raw.shape[1] == 1 else raw.float().mean(dim=1).cpu()
-    roll = to_pixels(model, rollout(maps, pool)).cpu()
-    layer_maps = token_attention(maps, pool)  # (B, L, h, P)
+    roll = to_pixels(model, rollout(maps, pool, model.n_prefix)).cpu()
+    layer_maps = token_attention(maps, pool, model.n_prefix)  # (B, L, h, P)
     depth, heads = layer_maps.shape[1:3]
 
     def label(i: int) -> dict:

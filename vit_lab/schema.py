@@ -62,6 +62,7 @@ class ViT:
     pos_embed: Literal["sinusoidal", "learned"] = "learned"
     pool: Literal["cls", "mean"] = "cls"
     head_softmax: bool = False
+    distill_token: bool = False
 
 
 @dataclass

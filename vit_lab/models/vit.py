@@ -185,7 +185,13 @@ class MyViT(nn.Module):
 
     The tutorial ends its head with a Softmax and then applies CrossEntropyLoss, which softmaxes twice;
     ``head_softmax=True`` keeps that only so its cost can be measured.
+
+    ``distill_token=True`` adds DeiT's distillation token (Touvron et al. 2021) after the class token, with its own
+    position and head (``head_dist``): the model predicts with the mean of both heads' logits, and while training with
+    ``distilled_training`` set (the trainer's distillation does) it returns both, (class logits, distillation logits).
     """
+
+    distilled_training: bool = False  # set by the trainer's distillation (vit_lab.distill): training returns both
 
     def __init__(
         self,
@@ -202,6 +208,7 @@ class MyViT(nn.Module):
         pos_embed: str = "sinusoidal",
         pool: str = "cls",
         head_softmax: bool = False,
+        distill_token: bool = False,
     ) -> None:
         super().__init__()
         c, h, w = (int(v) for v in chw)
@@ -213,9 +220,12 @@ class MyViT(nn.Module):
             raise ShapeError(f"model.pool={pool!r} is unknown; use 'cls' or 'mean'")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ShapeError(f"model.dropout={dropout!r} must be a number in [0, 1)")
+        if distill_token and (pool != "cls" or head_softmax):
+            raise ShapeError("model.distill_token=true needs model.pool=cls and model.head_softmax=false")
         self.chw, self.patch_size, self.pool, self.head_softmax = (c, h, w), (ph, pw), pool, head_softmax
         self.n_patches = (h // ph) * (w // pw)
-        n_tokens = self.n_patches + (pool == "cls")
+        self.n_prefix = int(pool == "cls") + int(distill_token)  # tokens before the patches: class, distillation
+        n_tokens = self.n_patches + self.n_prefix
 
         self.linear_mapper = nn.Linear(c * ph * pw, hidden_d)  # the tutorial's patch embedding
         self.class_token = nn.Parameter(torch.rand(1, hidden_d)) if pool == "cls" else None
@@ -229,47 +239,61 @@ class MyViT(nn.Module):
         )
         self.norm = nn.LayerNorm(hidden_d) if pool == "mean" else nn.Identity()
         self.mlp = nn.Linear(hidden_d, out_d)  # the tutorial's classification head
+        # created last, and only when asked for: without it the parameters, their keys and the RNG draws are unchanged
+        self.dist_token = nn.Parameter(torch.randn(1, hidden_d) * 0.02) if distill_token else None
+        self.head_dist = nn.Linear(hidden_d, out_d) if distill_token else None
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """The optimizer's parameter groups: weight matrices decay; norms, biases, positions and the class token do
-        not."""
-        return decay_groups(self, weight_decay, no_decay=("pos_embed", "class_token"))
+        """The optimizer's parameter groups: weight matrices decay; norms, biases, positions and the class and
+        distillation tokens do not."""
+        return decay_groups(self, weight_decay, no_decay=("pos_embed", "class_token", "dist_token"))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> the first block's input (B, n_prefix + N, d): [class, distillation,] patches, positioned."""
+        tokens = self.linear_mapper(patchify(images, self.patch_size))  # (B, N, d)
+        prefix = [t.expand(tokens.shape[0], 1, -1) for t in (self.class_token, self.dist_token) if t is not None]
+        if prefix:
+            tokens = torch.cat([*prefix, tokens], dim=1)
+        return self.drop(tokens + self.pos_embed)
+
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The last block's output -> the class head's logits and the distillation head's (None without one)."""
+        logits = self.mlp(x[:, 0] if self.pool == "cls" else self.norm(x.mean(dim=1)))
+        return logits, None if self.head_dist is None else self.head_dist(x[:, 1])
+
+    def predict(self, logits: torch.Tensor, dist: torch.Tensor | None) -> torch.Tensor:
+        """What the model answers: DeiT's mean of both heads' logits, else the logits (the tutorial: softmaxed)."""
+        if dist is not None:
+            return (logits + dist) / 2
+        return logits.softmax(dim=-1) if self.head_softmax else logits
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if images.ndim != 4 or tuple(images.shape[1:]) != self.chw:  # not a broadcast error from deep inside torch
             raise ShapeError(
                 f"MyViT built for (C,H,W)={self.chw} got images of shape {tuple(images.shape)}; "
                 "match data.channels/data.image_size to the model"
             )
-        tokens = self.linear_mapper(patchify(images, self.patch_size))  # (B, N, d)
-        if self.class_token is not None:
-            cls = self.class_token.expand(tokens.shape[0], 1, -1)
-            tokens = torch.cat([cls, tokens], dim=1)  # (B, 1+N, d)
-        x = self.drop(tokens + self.pos_embed)
+        x = self.embed(images)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            # cls pooling reads only the class token: the last block computes just that row (its keys and values
-            # still span all tokens), which gives the same logits and gradients for ~1/depth less work
-            x = block(x, 1) if i == last and self.pool == "cls" else block(x)
-        x = x[:, 0] if self.pool == "cls" else self.norm(x.mean(dim=1))  # (B, d)
-        logits = self.mlp(x)
-        return logits.softmax(dim=-1) if self.head_softmax else logits
+            # cls pooling reads only the class (and distillation) token: the last block computes just those rows (its
+            # keys and values still span all tokens), which gives the same logits and gradients for less work
+            x = block(x, self.n_prefix) if i == last and self.pool == "cls" else block(x)
+        logits, dist = self.heads(x)
+        if dist is not None and self.training and self.distilled_training:
+            return logits, dist  # the distillation loss trains each head on its own target
+        return self.predict(logits, dist)
 
     def forward_with_attention(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """forward()'s output and each block's attention probabilities, (B, h, N, N) per block (token 0 is the
-        class token with cls pooling). Every block computes every token here (no last-block shortcut); a side path
-        for inspection, which forward() and training never take."""
-        tokens = self.linear_mapper(patchify(images, self.patch_size))  # forward()'s embedding
-        if self.class_token is not None:
-            tokens = torch.cat([self.class_token.expand(tokens.shape[0], 1, -1), tokens], dim=1)
-        x = self.drop(tokens + self.pos_embed)
+        """forward()'s output and each block's attention probabilities, (B, h, N, N) per block (tokens before
+        ``n_prefix`` are the class and distillation tokens). Every block computes every token here (no last-block
+        shortcut); a side path for inspection, which forward() and training never take."""
+        x = self.embed(images)
         maps = []
         for block in cast("list[MyViTBlock]", self.blocks):  # nn.ModuleList is not generic: its items type as Module
             maps.append(block.mhsa.attention_probs(block.norm1(x)))
             x = block(x)
-        x = x[:, 0] if self.pool == "cls" else self.norm(x.mean(dim=1))
-        logits = self.mlp(x)
-        return (logits.softmax(dim=-1) if self.head_softmax else logits), maps
+        return self.predict(*self.heads(x)), maps
 
 
 def check_vit_shape(
