@@ -151,6 +151,17 @@ def check_architecture(model: torch.nn.Module, state: dict, file: Path) -> None:
         )
 
 
+def rebuild(run_dir: Path, trained: DictConfig, weights: str = "last") -> tuple[Any, torch.nn.Module, int | None]:
+    """The data spec a run trained on and its model with the chosen weights (on the CPU): whitelisted targets only,
+    weights read without running code. Shared by ``load`` and the trainer's distillation teacher."""
+    train_spec = _build(trained.data, "data config", _convert_="all")
+    model = _build(trained.model, "model", chw=train_spec.chw, out_d=train_spec.num_classes)
+    state, epoch = load_weights(run_dir, weights)
+    check_architecture(model, state, run_dir / WEIGHTS[weights])
+    model.load_state_dict(state)
+    return train_spec, model, epoch
+
+
 def load(run_dir: str | Path, weights: str = "last", overrides: Sequence[str] = ()) -> LoadedRun:
     """Rebuild a run's model (whitelisted targets only), load its weights and pick the device and data."""
     from vit_lab.device import autocast, configure_process, resolve_device
@@ -159,19 +170,15 @@ def load(run_dir: str | Path, weights: str = "last", overrides: Sequence[str] = 
     run_dir = Path(run_dir)
     trained = read_config(run_dir)
     cfg = apply_overrides(trained, overrides)
-    train_spec = _build(trained.data, "data config", _convert_="all")
     spec = _build(cfg.data, "data config", _convert_="all")
     spec.validate()
+    train_spec, model, epoch = rebuild(run_dir, trained, weights)
     if (spec.chw, spec.num_classes) != (train_spec.chw, train_spec.num_classes):
         raise ConfigError(
             f"data {spec.name!r} has {spec.num_classes} classes of (C,H,W)={spec.chw} images, but the run's "
             f"model takes {train_spec.chw} images and predicts {train_spec.num_classes} classes; "
             "choose a data config with the same image shape and classes"
         )
-    model = _build(trained.model, "model", chw=train_spec.chw, out_d=train_spec.num_classes)
-    state, epoch = load_weights(run_dir, weights)
-    check_architecture(model, state, run_dir / WEIGHTS[weights])
-    model.load_state_dict(state)
     device = resolve_device(cfg.device.name)
     autocast(device, cfg.device.precision)  # checks the precision name
     configure_process(device, cfg.device.get("threads"), malloc=cfg.device.get("tune_malloc", Device.tune_malloc))
