@@ -62,7 +62,9 @@ def test_wrong_type_or_unknown_key_fails_at_composition(option, override, words)
         assert word in line, (word, line)
 
 
-@pytest.mark.parametrize("group", ["trainer", "device", "model", "data", "augment", "optimizer", "scheduler"])
+@pytest.mark.parametrize(
+    "group", ["trainer", "device", "model", "data", "augment", "optimizer", "scheduler", "distill"]
+)
 def test_every_option_of_the_typed_groups_is_typed(group):
     """Each YAML option of these groups names its schema, so its keys are typed (not plain dicts)."""
     for path in sorted((CONF / group).glob("*.yaml")):

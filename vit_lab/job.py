@@ -90,6 +90,7 @@ class Job:
     ckpt: dict | None = None  # the checkpoint to resume from, dropped once restored
     ckpt_file: Path | None = None
     ema: Any = None  # vit_lab.ema.EMA of the model (trainer.ema_decay), or None
+    distiller: Any = None  # vit_lab.distill.Distiller (the distill group), or None
 
     @property
     def eval_model(self) -> torch.nn.Module:

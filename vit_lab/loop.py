@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -116,12 +117,14 @@ def optimizer_step(
     y: torch.Tensor,
     precision: str,
     grad_clip: float | None = None,
+    distiller: Callable[[torch.Tensor, Any, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward through ``forward`` (the model, or its compiled form), loss on float logits, backward, optional
-    clipping, optimizer and schedule step; returns (loss, logits). The benchmarks time this same function."""
+    clipping, optimizer and schedule step; returns (loss, logits). The benchmarks time this same function.
+    With a ``distiller`` (``vit_lab.distill``) the loss is its: the teacher sees the batch in the same autocast."""
     with autocast(x.device, precision):
         out = forward(x)
-        loss = criterion(out.float(), y)
+        loss, out = (criterion(out.float(), y), out) if distiller is None else distiller(x, out, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:

@@ -161,6 +161,17 @@ class WarmupCosine(Scheduler):
     min_lr_ratio: float = 0.01
 
 
+@dataclass
+class Distill:
+    """Distillation from a finished run (``vit_lab.distill``); the ``distill`` group is null (off) by default."""
+
+    teacher: str | None = None  # the teacher's run directory (relative: to the folder the command runs in)
+    weights: Literal["last", "best"] = "last"
+    kind: Literal["hard", "soft"] = "hard"
+    alpha: float = 0.5  # the teacher's share of the loss
+    tau: float = 1.0  # soft distillation's temperature
+
+
 SCHEMAS: dict[str, type] = {
     "trainer": Trainer,
     "device": Device,
@@ -174,6 +185,7 @@ SCHEMAS: dict[str, type] = {
     "optimizer/sgd": SGD,
     "scheduler/constant": Scheduler,
     "scheduler/warmup_cosine": WarmupCosine,
+    "distill": Distill,
 }
 
 

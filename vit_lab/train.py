@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from vit_lab import debug, preemption, sweeps
+from vit_lab import debug, distill, preemption, sweeps
 from vit_lab.callbacks import Callbacks, StopTraining
 from vit_lab.cli import cli, full_error
 from vit_lab.config import build
@@ -58,6 +58,8 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
     model = build(cfg.model, chw=spec.chw, out_d=spec.num_classes)
     if ckpt is not None:
         check_compatible(model, ckpt["model"], Path(cfg.resume))
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
+    distiller = distill.from_config(cfg, spec, model, criterion, device)  # the teacher, before any data is read
     run = Run(run_dir, cfg)
     run.write_metrics(
         device=str(device),
@@ -68,17 +70,18 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
         resumed_from=str(ckpt_file) if ckpt_file else None,
         data_root=str(spec.resolve_root()),
         precision=precision,
+        **({"distill": distiller.record} if distiller else {}),
     )
     data = build_data(cfg, spec, device)  # (generator, train, val, test)
     model.to(device)
     ema = build_ema(model, cfg.trainer.get("ema_decay"))
     step_model = compile_model(model, cfg.device.get("compile_mode", "default")) if cfg.device.compile else model
     opt, sched = build_optimizer(cfg, model, len(data[1]))
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
     profiler = debug.StepProfiler(cfg.trainer.get("profile"), run_dir, device)
     job = Job(
         cfg, run, device, model, step_model, callbacks, *data, opt, sched, criterion, profiler, ckpt, ckpt_file, ema
     )
+    job.distiller = distiller
     describe(job, precision)
     return job
 
@@ -91,6 +94,9 @@ def describe(job: Job, precision: str) -> None:
         *(type(job.model).__name__, f"{job.run.metrics['n_params']:,}", job.device, *sizes, job.run.dir),
     )
     log.info("precision %s (device.precision=%s)", precision, job.cfg.device.precision)
+    if job.distiller is not None:
+        d = job.distiller.record
+        log.info("%s distillation from %s (%s, %s weights)", d["kind"], d["teacher"], d["teacher_model"], d["weights"])
 
 
 # --------------------------------------------------------------------------- fit and test
@@ -157,6 +163,7 @@ def train_step(job: Job, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
         y,
         job.cfg.device.precision,
         job.cfg.trainer.grad_clip,
+        job.distiller,
     )
     if job.ema is not None:
         job.ema.update_parameters(job.model)
