@@ -186,12 +186,11 @@ class MyViT(nn.Module):
     The tutorial ends its head with a Softmax and then applies CrossEntropyLoss, which softmaxes twice;
     ``head_softmax=True`` keeps that only so its cost can be measured.
 
-    ``distill_token=True`` adds DeiT's distillation token (Touvron et al. 2021) after the class token, with its own
-    position and head (``head_dist``): the model predicts with the mean of both heads' logits, and while training with
-    ``distilled_training`` set (the trainer's distillation does) it returns both, (class logits, distillation logits).
+    ``distill_token=True`` adds DeiT's distillation token, position and head (Touvron et al. 2021): the model answers
+    both heads' mean logits, and in training with ``distilled_training`` set (by vit_lab.distill) both logits.
     """
 
-    distilled_training: bool = False  # set by the trainer's distillation (vit_lab.distill): training returns both
+    distilled_training: bool = False
 
     def __init__(
         self,
