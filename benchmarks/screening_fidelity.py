@@ -62,6 +62,7 @@ BUDGETS = {
     "e2-all": (2, None),
     FULL: (15, None),
 }
+PRESET_BUDGET = "e5-n10k"  # the vit_optuna preset's per-trial budget: the cheapest with Spearman >= 0.8
 TRAIN_POOL = 55000  # MNIST's 60,000 training images minus the 5,000 validation images
 SMOKE = ["data.val_size=256", "data.test_limit=256", "trainer.batch_size=64", "model.depth=1", "model.hidden_d=16"]
 
