@@ -90,3 +90,26 @@ def one_epoch_cfg(*overrides: str):
     base = [o for o in TINY if not o.startswith("trainer.epochs")] + ["trainer.epochs=1", "trainer.checkpoint=false"]
     with initialize_config_dir(config_dir=str(CONF)):
         return compose(config_name="config", overrides=base + list(overrides))
+
+
+def train_interrupted_at(monkeypatch, cfg, run_dir: Path, step: int) -> None:
+    """Train ``cfg`` in process into ``run_dir``, sending this process SIGINT after training step ``step`` (the loop's
+    own handler saves the checkpoint at that step and raises Interrupted, which this expects)."""
+    import signal
+
+    import vit_lab.train as T
+    from vit_lab.errors import Interrupted
+
+    real_step, steps = T.train_step, []
+
+    def interrupting_step(job, x, y):
+        out = real_step(job, x, y)
+        steps.append(1)
+        if len(steps) == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    with monkeypatch.context() as m:
+        m.setattr(T, "train_step", interrupting_step)
+        with pytest.raises(Interrupted):
+            T.train(cfg, run_dir)

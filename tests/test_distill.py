@@ -5,18 +5,16 @@ real runs: a CNN teacher trained, a ViT student distilled from it, resumed exact
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MICRO, one_epoch_cfg, run_train
+from conftest import MICRO, one_epoch_cfg, run_train, train_interrupted_at
 from fake_runs import CNN, compose, fake_run
 
 from vit_lab import distill
-from vit_lab.errors import ConfigError, Interrupted, UserError
+from vit_lab.errors import ConfigError, UserError
 from vit_lab.models import MyViT, SimpleCNN
 
 
@@ -206,19 +204,7 @@ def test_distilled_run_resumes_exactly_with_the_teacher_reloaded(mnist_root, tmp
     teacher, _ = fake_run(tmp_path / "teacher", base=CNN)
     overrides = (*STUDENT, f"distill.teacher={teacher}")
     T.train(one_epoch_cfg(*overrides), tmp_path / "ref")
-    real_step, steps = T.train_step, []
-
-    def interrupting_step(job, x, y):
-        out = real_step(job, x, y)
-        steps.append(1)
-        if len(steps) == 10:
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    with monkeypatch.context() as m:
-        m.setattr(T, "train_step", interrupting_step)
-        with pytest.raises(Interrupted):
-            T.train(one_epoch_cfg(*overrides), tmp_path / "a")
+    train_interrupted_at(monkeypatch, one_epoch_cfg(*overrides), tmp_path / "a", step=10)
     ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     student = MyViT((1, 28, 28), patch_size=7, depth=1, hidden_d=16, n_heads=4, pos_embed="learned", distill_token=True)
     assert (ckpt["epoch"], ckpt["step"]) == (1, 2) and list(ckpt["model"]) == list(student.state_dict())

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 import torch
-from conftest import one_epoch_cfg
+from conftest import one_epoch_cfg, train_interrupted_at
 from omegaconf import OmegaConf
 
 from vit_lab.ema import EMA, build_ema, warmup_decay
-from vit_lab.errors import ConfigError, Interrupted
+from vit_lab.errors import ConfigError
 
 
 def test_warmup_decay_is_short_at_first_then_the_configured_decay():
@@ -81,19 +79,7 @@ def test_run_with_ema_resumes_exactly_and_tests_and_keeps_the_average(mnist_root
 
     monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
     T.train(one_epoch_cfg(*EMA_RUN), tmp_path / "ref")
-    real_step, steps = T.train_step, []
-
-    def interrupting_step(job, x, y):
-        out = real_step(job, x, y)
-        steps.append(1)
-        if len(steps) == 20:
-            os.kill(os.getpid(), signal.SIGINT)  # the loop's own handler: it saves at this step
-        return out
-
-    with monkeypatch.context() as m:
-        m.setattr(T, "train_step", interrupting_step)
-        with pytest.raises(Interrupted):
-            T.train(one_epoch_cfg(*EMA_RUN), tmp_path / "a")
+    train_interrupted_at(monkeypatch, one_epoch_cfg(*EMA_RUN), tmp_path / "a", step=20)
     ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"], int(ckpt["ema"]["n_averaged"])) == (1, 4, 20)
     cfg = one_epoch_cfg(*EMA_RUN, f"resume={tmp_path / 'a'}")

@@ -108,8 +108,7 @@ def input_mismatch(teacher_spec: Any, spec: Any) -> list[str]:
 def load_teacher(run_dir: Path, weights: str, spec: Any) -> tuple[torch.nn.Module, dict]:
     """The teacher run's model with its weights, frozen, and what metrics.json records of it; one-line errors."""
     from vit_lab.evaluate import read_config, rebuild
-    from vit_lab.io import read_json
-    from vit_lab.run_files import METRICS
+    from vit_lab.records import read_metrics
 
     try:
         teacher_spec, model, epoch = rebuild(run_dir, read_config(run_dir), weights)
@@ -121,10 +120,7 @@ def load_teacher(run_dir: Path, weights: str, spec: Any) -> tuple[torch.nn.Modul
             f"distill.teacher={run_dir} was trained on other inputs than this run ({'; '.join(problems)}, teacher vs "
             "student); distil from a run of the same data config"
         )
-    try:
-        metrics = read_json(run_dir / METRICS)
-    except (OSError, ValueError):
-        metrics = {}
+    metrics = read_metrics(run_dir)
     record = {
         "teacher": str(run_dir),
         "weights": weights,

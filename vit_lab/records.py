@@ -173,13 +173,18 @@ class Run:
         atomic_write(target, lambda f: f.write(data), mode="wb")
 
 
+def read_metrics(run_dir: Path) -> dict:
+    """A run's metrics.json, or {} when it is missing or unreadable."""
+    try:
+        return read_json(run_dir / METRICS)
+    except (OSError, ValueError):
+        return {}
+
+
 def finish_with_error(run_dir: Path, status: str, reason: str) -> None:
     """Record why a run ended in its metrics.json, keeping what was already there."""
     path = run_dir / METRICS
-    try:
-        metrics = read_json(path) if path.exists() else {}
-    except (OSError, ValueError):
-        metrics = {}
+    metrics = read_metrics(run_dir)
     metrics.update(status=status, reason=reason, finished=now())
     try:
         write_json(path, metrics)

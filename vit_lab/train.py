@@ -78,10 +78,8 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
     step_model = compile_model(model, cfg.device.get("compile_mode", "default")) if cfg.device.compile else model
     opt, sched = build_optimizer(cfg, model, len(data[1]))
     profiler = debug.StepProfiler(cfg.trainer.get("profile"), run_dir, device)
-    job = Job(
-        cfg, run, device, model, step_model, callbacks, *data, opt, sched, criterion, profiler, ckpt, ckpt_file, ema
-    )
-    job.distiller = distiller
+    job = Job(cfg, run, device, model, step_model, callbacks, *data, opt, sched, criterion, profiler, ckpt, ckpt_file)
+    job.ema, job.distiller = ema, distiller
     describe(job, precision)
     return job
 
