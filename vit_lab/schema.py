@@ -63,6 +63,7 @@ class ViT:
     pool: Literal["cls", "mean"] = "cls"
     head_softmax: bool = False
     distill_token: bool = False
+    stem: Literal["linear", "conv"] = "linear"
 
 
 @dataclass

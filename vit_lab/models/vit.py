@@ -19,6 +19,9 @@ from torch import nn
 from vit_lab.errors import ShapeError
 from vit_lab.models.common import decay_groups
 from vit_lab.models.cpu_attention import cpu_attention
+from vit_lab.models.shapes import _pair, check_vit_shape
+
+__all__ = ["MyMSA", "MyViT", "MyViTBlock", "check_vit_shape", "get_positional_embeddings", "patchify"]
 
 
 def patchify(images: torch.Tensor, patch_size: int | Sequence[int]) -> torch.Tensor:
@@ -186,6 +189,10 @@ class MyViT(nn.Module):
     The tutorial ends its head with a Softmax and then applies CrossEntropyLoss, which softmaxes twice;
     ``head_softmax=True`` keeps that only so its cost can be measured.
 
+    ``stem="conv"`` puts a 3x3 convolution (width hidden_d/2, GELU) before the patch embedding, which becomes a
+    convolution with the patch as kernel and stride: the hybrid ViT of Dosovitskiy et al. (2021, section 3.1) in
+    its smallest form, the convolutional stem that Xiao et al. (2021) found to make ViTs train faster and steadier.
+
     ``distill_token=True`` adds DeiT's distillation token, position and head (Touvron et al. 2021): the model answers
     both heads' mean logits, and in training with ``distilled_training`` set (by vit_lab.distill) both logits.
     """
@@ -208,6 +215,7 @@ class MyViT(nn.Module):
         pool: str = "cls",
         head_softmax: bool = False,
         distill_token: bool = False,
+        stem: str = "linear",
     ) -> None:
         super().__init__()
         c, h, w = (int(v) for v in chw)
@@ -219,14 +227,24 @@ class MyViT(nn.Module):
             raise ShapeError(f"model.pool={pool!r} is unknown; use 'cls' or 'mean'")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ShapeError(f"model.dropout={dropout!r} must be a number in [0, 1)")
+        if stem not in ("linear", "conv"):
+            raise ShapeError(f"model.stem={stem!r} is unknown; use 'linear' or 'conv'")
         if distill_token and (pool != "cls" or head_softmax):
             raise ShapeError("model.distill_token=true needs model.pool=cls and model.head_softmax=false")
         self.chw, self.patch_size, self.pool, self.head_softmax = (c, h, w), (ph, pw), pool, head_softmax
+        self.stem = stem
         self.n_patches = (h // ph) * (w // pw)
         self.n_prefix = int(pool == "cls") + int(distill_token)  # tokens before the patches: class, distillation
         n_tokens = self.n_patches + self.n_prefix
 
-        self.linear_mapper = nn.Linear(c * ph * pw, hidden_d)  # the tutorial's patch embedding
+        if stem == "linear":
+            self.linear_mapper = nn.Linear(c * ph * pw, hidden_d)  # the tutorial's patch embedding
+        else:  # a 3x3 convolution over the pixels first, then each patch's features mapped to a token
+            self.conv_stem = nn.Sequential(
+                nn.Conv2d(c, max(1, hidden_d // 2), 3, padding=1),
+                nn.GELU(),
+                nn.Conv2d(max(1, hidden_d // 2), hidden_d, (ph, pw), stride=(ph, pw)),
+            )
         self.class_token = nn.Parameter(torch.rand(1, hidden_d)) if pool == "cls" else None
         if pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.randn(n_tokens, hidden_d) * 0.02)
@@ -249,7 +267,10 @@ class MyViT(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> the first block's input (B, n_prefix + N, d): [class, distillation,] patches, positioned."""
-        tokens = self.linear_mapper(patchify(images, self.patch_size))  # (B, N, d)
+        if self.stem == "linear":
+            tokens = self.linear_mapper(patchify(images, self.patch_size))  # (B, N, d)
+        else:  # the convolution's (B, d, H/ph, W/pw) grid, read in patchify's row-major order
+            tokens = self.conv_stem(images).flatten(2).transpose(1, 2)
         prefix = [t.expand(tokens.shape[0], 1, -1) for t in (self.class_token, self.dist_token) if t is not None]
         if prefix:
             tokens = torch.cat([*prefix, tokens], dim=1)
@@ -293,64 +314,3 @@ class MyViT(nn.Module):
             maps.append(block.mhsa.attention_probs(block.norm1(x)))
             x = block(x)
         return self.predict(*self.heads(x)), maps
-
-
-def check_vit_shape(
-    chw: Sequence[int],
-    patch_size: int | Sequence[int],
-    hidden_d: int,
-    n_heads: int,
-    depth: int = 1,
-    mlp_ratio: float = 4.0,
-) -> None:
-    """Raise ShapeError, naming the values and the fix, for any combination that cannot build a ViT."""
-    c, h, w = (int(v) for v in chw)
-    sizes = list(patch_size) if isinstance(patch_size, Sequence) else [patch_size]
-    for name, value, ints in (
-        ("model.patch_size", patch_size, sizes),
-        ("model.depth", depth, [depth]),
-        ("model.hidden_d", hidden_d, [hidden_d]),
-        ("model.n_heads", n_heads, [n_heads]),
-    ):
-        if not ints or any(isinstance(v, bool) or not isinstance(v, int) for v in ints):
-            raise ShapeError(f"{name}={value!r} must be an integer")
-    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)):
-        raise ShapeError(f"model.mlp_ratio={mlp_ratio!r} must be a number")
-    ph, pw = _pair(patch_size)
-    for name, value in (
-        ("model.patch_size", min(ph, pw)),
-        ("model.hidden_d", hidden_d),
-        ("model.n_heads", n_heads),
-        ("model.depth", depth),
-    ):
-        if value < 1:
-            raise ShapeError(f"{name}={value} must be a positive integer")
-    if mlp_ratio <= 0:
-        raise ShapeError(f"model.mlp_ratio={mlp_ratio} must be > 0")
-    if int(round(mlp_ratio * hidden_d)) < 1:
-        raise ShapeError(
-            f"model.mlp_ratio={mlp_ratio} with model.hidden_d={hidden_d} leaves the MLP no hidden units; "
-            "raise model.mlp_ratio"
-        )
-    if h % ph or w % pw:
-        divisors = sorted(set(_divisors(h)) & set(_divisors(w)))
-        raise ShapeError(f"model.patch_size={_fmt(ph, pw)} does not divide the {h}x{w} image; use one of {divisors}")
-    if hidden_d % n_heads:
-        raise ShapeError(
-            f"model.n_heads={n_heads} does not divide model.hidden_d={hidden_d}; use n_heads in {_divisors(hidden_d)}"
-        )
-
-
-def _pair(p: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(p, int):
-        return p, p
-    p = tuple(int(v) for v in p)
-    return (p[0], p[0]) if len(p) == 1 else (p[0], p[1])
-
-
-def _fmt(ph: int, pw: int) -> str:
-    return str(ph) if ph == pw else f"[{ph},{pw}]"
-
-
-def _divisors(n: int) -> list[int]:
-    return [k for k in range(1, n + 1) if n % k == 0]
