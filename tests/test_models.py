@@ -394,26 +394,29 @@ def test_distillation_token_adds_a_token_a_position_and_a_head(pos):
         MyViT((1, 28, 28), patch_size=7, hidden_d=d, n_heads=2, pool="mean", distill_token=True)
 
 
-@pytest.mark.parametrize("chw,patch", [((1, 28, 28), 4), ((1, 28, 28), 7), ((3, 12, 8), (4, 2))])
-def test_conv_stem_tokens_are_the_patches_of_a_3x3_convolution(chw, patch):
-    """model.stem=conv: token i is the patch embedding of patch i (patchify's row-major order) of the 3x3
-    convolution's GELU output, written out by hand; the rest of the model is unchanged and trains end to end."""
+@pytest.mark.parametrize("chw,patch,stride", [((1, 28, 28), 4, 2), ((1, 28, 28), 7, 1), ((3, 12, 8), (4, 2), 2)])
+def test_conv_stem_tokens_are_the_patches_of_a_3x3_convolution(chw, patch, stride):
+    """model.stem=conv: token i is the embedding of patch i (patchify's row-major order) of the 3x3 convolution's GELU
+    output, written out by hand (the convolution strides 2 where both patch sides are even); the rest of the model is
+    unchanged and trains end to end."""
     c, d = chw[0], 16
+    ph, pw = (patch, patch) if isinstance(patch, int) else patch
     torch.manual_seed(0)
     model = MyViT(chw, patch_size=patch, depth=2, hidden_d=d, n_heads=2, pos_embed="learned", stem="conv")
     x = torch.randn(2, *chw)
     conv1, conv2 = model.conv_stem[0], model.conv_stem[2]
-    features = F.gelu(F.conv2d(x, conv1.weight, conv1.bias, padding=1))  # (B, d/2, H, W): same size as the image
-    assert features.shape == (2, d // 2, *chw[1:])
-    tokens = patchify(features, patch) @ conv2.weight.reshape(d, -1).T + conv2.bias
+    features = F.gelu(F.conv2d(x, conv1.weight, conv1.bias, stride=stride, padding=1))
+    assert features.shape == (2, d // 2, chw[1] // stride, chw[2] // stride)
+    tokens = patchify(features, (ph // stride, pw // stride)) @ conv2.weight.reshape(d, -1).T + conv2.bias
+    assert tokens.shape == (2, (chw[1] // ph) * (chw[2] // pw), d)
     t = torch.cat([model.class_token.expand(2, 1, -1), tokens], dim=1) + model.pos_embed
     for block in model.blocks:
         t = block(t)
     assert torch.allclose(model(x), model.mlp(t[:, 0]), atol=1e-5)
     assert "linear_mapper.weight" not in model.state_dict()
-    ph, pw = (patch, patch) if isinstance(patch, int) else patch
     linear = MyViT(chw, patch_size=patch, depth=2, hidden_d=d, n_heads=2, pos_embed="learned")
     grown = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in linear.parameters())
-    assert grown == (c * 9 + 1) * (d // 2) + (d // 2) * ph * pw * d - c * ph * pw * d  # the 3x3 conv, a wider embedding
+    conv2_in = (d // 2) * (ph // stride) * (pw // stride)
+    assert grown == (c * 9 + 1) * (d // 2) + conv2_in * d - c * ph * pw * d  # the 3x3 conv; the embedding's new input
     model(x).sum().backward()
     assert conv1.weight.grad is not None and conv1.weight.grad.abs().sum() > 0

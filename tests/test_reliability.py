@@ -130,6 +130,8 @@ def read(path: Path):
         ("model.foo=1", ["model.foo", "+model.foo=1"]),  # unknown key (Hydra's own error, made one line)
         ("trainer.epochs_typo=3", ["trainer.epochs_typo"]),
         ("model=foo", ["model/foo", "cnn, vit"]),  # unknown group option, with the options
+        ("distill.teacher=runs/cnn", ["distill.teacher", "group is off", "distill=hard", "hard, soft"]),  # group off
+        ("model.stem=resnet", ["model.stem", "resnet", "linear", "conv"]),
         ("optimizer=nadam", ["optimizer/nadam", "adamw"]),
         ("model.depth=[", ["model.depth=["]),  # an override Hydra cannot parse
         ("trainer.epochs=two", ["trainer.epochs", "two"]),  # wrong types

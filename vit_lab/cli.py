@@ -15,11 +15,13 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from vit_lab.errors import UserError
 
 EXIT_USER_ERROR = 2
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the config groups, one folder each
 
 
 def one_line(text: str) -> str:
@@ -53,6 +55,8 @@ def describe(ex: BaseException) -> str | None:
         return one_line(str(ex))
     if isinstance(ex, (CompactHydraException, OverrideParseException)):
         msg = one_line(str(ex))
+        if hint := _group_hint(msg):
+            return hint
         if isinstance(ex.__cause__, OmegaConfBaseException):
             msg += f" ({one_line(str(ex.__cause__))})"
         return msg
@@ -81,6 +85,20 @@ def describe(ex: BaseException) -> str | None:
             "above and in its run folder's metrics.json"
         )
     return None
+
+
+def _group_hint(msg: str) -> str | None:
+    """'distill.teacher=X' while the distill group is off: Hydra's hint ('+distill.teacher') would be wrong, the fix
+    is to pick one of the group's options first."""
+    found = re.search(r"Could not override '(\w+)\.([\w.]+)'", msg)
+    folder = CONF_DIR / found.group(1) if found else None
+    if folder is None or not folder.is_dir() or not found:
+        return None
+    group, options = found.group(1), sorted(f.stem for f in folder.glob("*.yaml"))
+    return (
+        f"{group}.{found.group(2)} is set but the {group} group is off; choose one of its options too, "
+        f"e.g. {group}={options[0]} (options: {', '.join(options)})"
+    )
 
 
 # Functions of hydra-optuna-sweeper that parse `hydra.sweeper.params` (a ValueError there is the user's space).

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from vit_lab import debug, distill, preemption, sweeps
 from vit_lab.callbacks import Callbacks, StopTraining
-from vit_lab.cli import cli, full_error
+from vit_lab.cli import CONF_DIR, cli, full_error
 from vit_lab.config import build
 from vit_lab.device import compile_model, configure_process, resolve_device, resolve_precision
 from vit_lab.ema import build_ema, check_decay
@@ -259,7 +259,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | 
 
 
 # absolute: the console script imports this module, where Hydra would read "../conf" as a Python package
-@hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config")
+@hydra.main(config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
     """Hydra entry point: user errors become one line and a non-zero exit (or a failed trial in a sweep)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -49,6 +49,19 @@ def get_positional_embeddings(sequence_length: int, d: int) -> torch.Tensor:
     return table.to(torch.float32)
 
 
+def conv_stem(c: int, d: int, patch: tuple[int, int]) -> nn.Sequential:
+    """(B, c, H, W) -> (B, d, H/ph, W/pw): a 3x3 convolution to d/2 channels and GELU, then a convolution with the rest
+    of the patch as kernel and stride. The 3x3 one strides 2 where both patch sides are even (a quarter of the
+    positions: on the CPU a full-resolution convolution costs more than the transformer at patch 7)."""
+    s = 2 if patch[0] % 2 == 0 and patch[1] % 2 == 0 else 1
+    width = max(1, d // 2)
+    return nn.Sequential(
+        nn.Conv2d(c, width, 3, stride=s, padding=1),
+        nn.GELU(),
+        nn.Conv2d(width, d, (patch[0] // s, patch[1] // s), stride=(patch[0] // s, patch[1] // s)),
+    )
+
+
 class MyMSA(nn.Module):
     """Multi-head self-attention, in one of two styles.
 
@@ -189,9 +202,10 @@ class MyViT(nn.Module):
     The tutorial ends its head with a Softmax and then applies CrossEntropyLoss, which softmaxes twice;
     ``head_softmax=True`` keeps that only so its cost can be measured.
 
-    ``stem="conv"`` puts a 3x3 convolution (width hidden_d/2, GELU) before the patch embedding, which becomes a
-    convolution with the patch as kernel and stride: the hybrid ViT of Dosovitskiy et al. (2021, section 3.1) in
-    its smallest form, the convolutional stem that Xiao et al. (2021) found to make ViTs train faster and steadier.
+    ``stem="conv"`` puts a 3x3 convolution (width hidden_d/2, GELU; `conv_stem`) before the patch embedding, which
+    becomes a convolution with the rest of the patch as kernel and stride: the hybrid ViT of Dosovitskiy et al.
+    (2021, section 3.1) in its smallest form, the convolutional stem that Xiao et al. (2021) found to make ViTs
+    train faster and steadier.
 
     ``distill_token=True`` adds DeiT's distillation token, position and head (Touvron et al. 2021): the model answers
     both heads' mean logits, and in training with ``distilled_training`` set (by vit_lab.distill) both logits.
@@ -239,12 +253,8 @@ class MyViT(nn.Module):
 
         if stem == "linear":
             self.linear_mapper = nn.Linear(c * ph * pw, hidden_d)  # the tutorial's patch embedding
-        else:  # a 3x3 convolution over the pixels first, then each patch's features mapped to a token
-            self.conv_stem = nn.Sequential(
-                nn.Conv2d(c, max(1, hidden_d // 2), 3, padding=1),
-                nn.GELU(),
-                nn.Conv2d(max(1, hidden_d // 2), hidden_d, (ph, pw), stride=(ph, pw)),
-            )
+        else:
+            self.conv_stem = conv_stem(c, hidden_d, (ph, pw))
         self.class_token = nn.Parameter(torch.rand(1, hidden_d)) if pool == "cls" else None
         if pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.randn(n_tokens, hidden_d) * 0.02)
