@@ -90,6 +90,27 @@ def test_tutorial_experiment_is_the_seed_setup():
     assert fixed == cfg  # the fix changes exactly one value
 
 
+@pytest.mark.parametrize("preset,params,epochs", [("fast_cpu", 105_418, 12), ("best_cpu", 205_834, 70)])
+def test_time_to_accuracy_presets_build_the_measured_models(preset, params, epochs):
+    """The presets whose times and accuracies benchmarks/README.md reports: the same model size and budget, in bf16
+    where the CPU computes it natively; fast_cpu with its clipping, label smoothing and weight average."""
+    cfg = compose_cfg(f"experiment={preset}")
+    spec = validate_config(cfg)
+    model = build(cfg.model, chw=spec.chw, out_d=spec.num_classes)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert (cfg.trainer.epochs, cfg.device.precision) == (epochs, "auto")
+    if preset == "fast_cpu":
+        assert (cfg.trainer.ema_decay, cfg.trainer.grad_clip, cfg.trainer.label_smoothing) == (0.999, 1.0, 0.1)
+
+
+def test_conv_stem_composes_for_every_vit_preset():
+    for preset in ("fast_cpu", "best_cpu", "best"):
+        cfg = compose_cfg(f"experiment={preset}", "model.stem=conv")
+        spec = validate_config(cfg)
+        model = build(cfg.model, chw=spec.chw, out_d=spec.num_classes)
+        assert model.stem == "conv" and not hasattr(model, "linear_mapper")
+
+
 def test_overrides_reach_the_model():
     cfg = compose_cfg("model.n_heads=8", "model.hidden_d=32", "model.patch_size=7", "data=fashion_mnist")
     spec = validate_config(cfg)

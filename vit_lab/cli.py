@@ -55,11 +55,9 @@ def describe(ex: BaseException) -> str | None:
         return one_line(str(ex))
     if isinstance(ex, (CompactHydraException, OverrideParseException)):
         msg = one_line(str(ex))
-        if hint := _group_hint(msg):
-            return hint
         if isinstance(ex.__cause__, OmegaConfBaseException):
             msg += f" ({one_line(str(ex.__cause__))})"
-        return msg
+        return _group_hint(msg) or msg
     if isinstance(ex, OmegaConfBaseException):
         return one_line(str(ex))
     if isinstance(ex, HydraException) and "sweeper" in str(ex).lower():
@@ -91,10 +89,10 @@ def _group_hint(msg: str) -> str | None:
     """'distill.teacher=X' while the distill group is off: Hydra's hint ('+distill.teacher') would be wrong, the fix
     is to pick one of the group's options first."""
     found = re.search(r"Could not override '(\w+)\.([\w.]+)'", msg)
-    folder = CONF_DIR / found.group(1) if found else None
-    if folder is None or not folder.is_dir() or not found:
+    group = found.group(1) if found else ""
+    if not found or f"Key '{group}' is not in struct" not in msg or not (CONF_DIR / group).is_dir():
         return None
-    group, options = found.group(1), sorted(f.stem for f in folder.glob("*.yaml"))
+    options = sorted(f.stem for f in (CONF_DIR / group).glob("*.yaml"))
     return (
         f"{group}.{found.group(2)} is set but the {group} group is off; choose one of its options too, "
         f"e.g. {group}={options[0]} (options: {', '.join(options)})"
