@@ -24,10 +24,10 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from vit_lab.cli import CONF_DIR
 from vit_lab.errors import ConfigError, UserError
 from vit_lab.run_files import BEST, CHECKPOINT, METRICS
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 WEIGHTS = {"last": CHECKPOINT, "best": BEST}
 OVERRIDABLE = ("data", "device", "trainer.eval_batch_size")  # what a re-evaluation may change
 
@@ -77,10 +77,10 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
                 "(e.g. data=fashion_mnist, data.test_limit=1000, device=cpu)"
             )
         if key in ("data", "device"):
-            options = sorted(p.stem for p in (CONF / key).glob("*.yaml"))
+            options = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
             if value not in options:
                 raise ConfigError(f"{key}={value!r} is not a {key} config; use one of {', '.join(options)}")
-            node = OmegaConf.load(CONF / key / f"{value}.yaml")
+            node = OmegaConf.load(CONF_DIR / key / f"{value}.yaml")
             assert isinstance(node, DictConfig)  # the lab's own config files
             node.pop("defaults", None)
             cfg[key] = OmegaConf.merge(cfg[key], node) if key == "device" else node
