@@ -29,7 +29,7 @@ def check_vit_shape(
             raise ShapeError(f"{name}={value!r} must be an integer")
     if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)):
         raise ShapeError(f"model.mlp_ratio={mlp_ratio!r} must be a number")
-    ph, pw = _pair(patch_size)
+    ph, pw = as_pair(patch_size)
     for name, value in (
         ("model.patch_size", min(ph, pw)),
         ("model.hidden_d", hidden_d),
@@ -54,7 +54,8 @@ def check_vit_shape(
         )
 
 
-def _pair(p: int | Sequence[int]) -> tuple[int, int]:
+def as_pair(p: int | Sequence[int]) -> tuple[int, int]:
+    """A patch size as (height, width): 4 -> (4, 4), [4] -> (4, 4), [4, 2] -> (4, 2)."""
     if isinstance(p, int):
         return p, p
     p = tuple(int(v) for v in p)

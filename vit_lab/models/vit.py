@@ -19,7 +19,7 @@ from torch import nn
 from vit_lab.errors import ShapeError
 from vit_lab.models.common import decay_groups
 from vit_lab.models.cpu_attention import cpu_attention
-from vit_lab.models.shapes import _pair, check_vit_shape
+from vit_lab.models.shapes import as_pair, check_vit_shape
 
 __all__ = ["MyMSA", "MyViT", "MyViTBlock", "check_vit_shape", "get_positional_embeddings", "patchify"]
 
@@ -30,7 +30,7 @@ def patchify(images: torch.Tensor, patch_size: int | Sequence[int]) -> torch.Ten
     This is exactly the tutorial's order: patch (i, j) is token ``i * W/pw + j`` and holds
     ``image[:, i*ph:(i+1)*ph, j*pw:(j+1)*pw].flatten()``.
     """
-    ph, pw = _pair(patch_size)
+    ph, pw = as_pair(patch_size)
     b, c, h, w = images.shape
     if h % ph or w % pw:
         raise ShapeError(f"patch size {ph}x{pw} does not divide the image size {h}x{w}; choose a divisor of both")
@@ -233,7 +233,7 @@ class MyViT(nn.Module):
     ) -> None:
         super().__init__()
         c, h, w = (int(v) for v in chw)
-        ph, pw = _pair(patch_size)
+        ph, pw = as_pair(patch_size)
         check_vit_shape((c, h, w), (ph, pw), hidden_d, n_heads, depth=depth, mlp_ratio=mlp_ratio)
         if pos_embed not in ("sinusoidal", "learned"):
             raise ShapeError(f"model.pos_embed={pos_embed!r} is unknown; use 'sinusoidal' or 'learned'")
