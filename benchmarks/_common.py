@@ -57,8 +57,9 @@ def compose(overrides: list[str] | None = None):
     from hydra import initialize_config_dir
 
     from vit_lab import schema  # noqa: F401 - registers the typed schemas the YAML files extend
+    from vit_lab.cli import CONF_DIR
 
-    with initialize_config_dir(config_dir=str(REPO / "conf")):
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
         return _compose(config_name="config", overrides=list(overrides or []))
 
 

@@ -11,9 +11,10 @@ import pytest
 
 from tests.postgres import postgres, postgres_url  # noqa: F401 - a throwaway PostgreSQL server, shared by the session
 from vit_lab import schema  # noqa: F401 - registers the config schemas, so every test can compose
+from vit_lab.cli import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = CONF_DIR  # the package's own config folder, as the trainer's Hydra main reads it
 
 # The README's command passes a relative VIT_LAB_DATA; tests start jobs in other folders, so pin it to the folder
 # pytest was launched from, as the lab's entry points do for their own jobs.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, data_root, run_train
+from conftest import CONF, TINY, data_root, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -214,14 +214,13 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf")):
+    with initialize_config_dir(config_dir=str(CONF)):
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 def _groups() -> dict[str, list[str]]:
-    conf = Path(__file__).resolve().parents[1] / "conf"
     return {
-        g: sorted(p.stem for p in (conf / g).glob("*.yaml"))
+        g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
         for g in (
             "model",
             "data",
