@@ -249,8 +249,9 @@ def time_epochs(out: Path, configs: list[tuple] = CONFIGS, smoke: bool = False) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. device.precision=fp32")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="Hydra overrides (key=value) anywhere go to every run."
+    )
     p.add_argument("--out", type=Path, default=C.RESULTS / "screening")
     p.add_argument("--report", action="store_true", help="only print the table from the runs already there")
     p.add_argument("--time", action="store_true", help="time one epoch on all data per config (quiet machine)")
@@ -270,7 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="M",
         help="start no new run after M minutes (run the command again to go on)",
     )
-    a = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # key=value words are Hydra's wherever they stand: --budgets takes any number of names, so it would swallow them
+    overrides = [w for w in argv if "=" in w and not w.startswith("-")]
+    a = p.parse_args([w for w in argv if w not in overrides])
+    a.overrides = overrides
     configs = CONFIGS[: a.configs]
     if a.time:
         time_epochs(a.out, configs, a.smoke)

@@ -312,8 +312,21 @@ def test_screening_fidelity_rank_correlation_by_hand():
 
 @pytest.mark.slow
 def test_screening_fidelity_smoke_is_resumable(tmp_path, capsys):
-    args = ["--smoke", "--configs", "3", "--budgets", "e1-all", "full", "--out", str(tmp_path)]
+    # a Hydra override right after --budgets' names goes to every run, not to --budgets
+    args = [
+        "--smoke",
+        "--configs",
+        "3",
+        "--budgets",
+        "e1-all",
+        "full",
+        "trainer.label_smoothing=0.05",
+        "--out",
+        str(tmp_path),
+    ]
     assert screening_fidelity.main(args) == 0
+    for over in tmp_path.glob("*/*/.hydra/overrides.yaml"):
+        assert "trainer.label_smoothing=0.05" in over.read_text(), over
     doc = json.loads((tmp_path / "fidelity.json").read_text())
     assert (
         set(doc["val_acc"]["full"]) == set(doc["val_acc"]["e1-all"]) == {c[0] for c in screening_fidelity.CONFIGS[:3]}
@@ -321,7 +334,7 @@ def test_screening_fidelity_smoke_is_resumable(tmp_path, capsys):
     (row,) = [r for r in doc["rows"] if r["budget"] == "e1-all"]
     assert row["n"] == 3 and -1 <= row["spearman"] <= 1
     first = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/*/metrics.json")}
-    assert len(first) == 6
+    assert len(first) == 6 and len(list(tmp_path.glob("*/*/.hydra/overrides.yaml"))) == 6
     capsys.readouterr()
     assert screening_fidelity.main(args) == 0  # everything is there: nothing is trained again
     assert "best val" not in capsys.readouterr().out

@@ -148,13 +148,13 @@ def test_missing_teachers_and_bad_keys_are_one_line(tmp_path):
             distill.check(compose("distill=soft", *overrides).distill)
 
 
-def test_from_config_turns_on_the_students_distilled_training(tmp_path):
+def test_from_config_reads_the_student_and_leaves_it_unchanged(tmp_path):
     run, _ = fake_run(tmp_path / "cnn", base=CNN)
     cfg = compose("experiment=deit_cpu", f"distill.teacher={run}", *MICRO)
     assert cfg.distill.kind == "hard" and cfg.model.distill_token
     student = MyViT((1, 28, 28), patch_size=7, hidden_d=8, n_heads=2, distill_token=True)
     d = distill.from_config(cfg, distill_spec(), student, None, torch.device("cpu"))
-    assert d is not None and student.distilled_training and d.record["distill_token"] is True
+    assert d is not None and not student.distilled_training and d.record["distill_token"] is True
     assert (d.record["kind"], d.record["alpha"], d.record["teacher_status"]) == ("hard", 0.5, None)
     assert distill.from_config(compose(), distill_spec(), student, None, torch.device("cpu")) is None
 
@@ -193,6 +193,22 @@ STUDENT = [
     "distill=hard",
     "model.distill_token=true",
 ]
+
+
+def test_the_trainer_turns_on_a_distilled_students_two_outputs(mnist_root, tmp_path, monkeypatch):
+    """With a teacher, the student's training forward answers both heads; without one, their mean."""
+    import vit_lab.train as T
+
+    monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
+    teacher, _ = fake_run(tmp_path / "teacher", base=CNN)
+    for overrides, distilled in (
+        ((*STUDENT, f"distill.teacher={teacher}"), True),
+        ([o for o in STUDENT if o != "distill=hard"], False),
+    ):
+        job = T.setup(one_epoch_cfg(*overrides), tmp_path / f"run_{distilled}")
+        assert isinstance(job.model, MyViT) and job.model.distilled_training is distilled
+        out = job.model.train()(torch.zeros(2, 1, 28, 28))
+        assert isinstance(out, tuple) is distilled
 
 
 @pytest.mark.slow

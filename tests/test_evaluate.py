@@ -95,6 +95,16 @@ def test_best_weights_and_other_data(trained, capsys):
     assert "FashionMNIST" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_tta_is_reported_beside_the_plain_accuracy(trained, tmp_path, capsys):
+    run = trained["cnn"]
+    assert main([str(run), "--tta", "--out", str(tmp_path / "tta.json")]) == 0
+    doc, metrics = read_json(tmp_path / "tta.json"), read_json(run / "metrics.json")
+    assert doc["accuracy"] == metrics["test_acc"]  # the plain figure is unchanged
+    assert doc["tta"]["views"] == 5 and 0.0 <= doc["tta"]["accuracy"] <= 1.0 and doc["tta"]["loss"] > 0
+    assert f"with test-time augmentation (5 views) {100 * doc['tta']['accuracy']:.2f}%" in capsys.readouterr().out
+
+
 def _one_line_error(capsys, args, *needles):
     assert main([str(a) for a in args]) == 2
     err = capsys.readouterr().err

@@ -382,7 +382,7 @@ def test_distillation_token_adds_a_token_a_position_and_a_head(pos):
     cls, dist = model.mlp(t[:, 0]), model.head_dist(t[:, 1])
     assert torch.allclose(model.eval()(x), (cls + dist) / 2, atol=1e-6)
     assert torch.allclose(model.train()(x), (cls + dist) / 2, atol=1e-6)  # no teacher: one output, the mean
-    model.distilled_training = True
+    model.set_distilled_training()
     pair = model(x)
     assert (
         isinstance(pair, tuple) and torch.allclose(pair[0], cls, atol=1e-6) and torch.allclose(pair[1], dist, atol=1e-6)
@@ -390,6 +390,9 @@ def test_distillation_token_adds_a_token_a_position_and_a_head(pos):
     (pair[0].sum() + pair[1].sum()).backward()
     assert model.dist_token.grad is not None and model.dist_token.grad.abs().sum() > 0
     assert torch.equal(model.eval()(x), (pair[0] + pair[1]).detach() / 2)  # eval ignores distilled_training
+    plain = MyViT((1, 28, 28), patch_size=7, hidden_d=d, n_heads=2)
+    plain.set_distilled_training()  # no distillation head: nothing to turn on, one output still
+    assert not plain.distilled_training and isinstance(plain.train()(x), torch.Tensor)
     with pytest.raises(ShapeError, match="pool=cls"):
         MyViT((1, 28, 28), patch_size=7, hidden_d=d, n_heads=2, pool="mean", distill_token=True)
 

@@ -45,7 +45,7 @@ def test_predict_gives_the_in_process_classes(tmp_path, digits):
     assert proc.returncode == 0, proc.stderr
     records = json.loads(proc.stdout)
     loaded = load(run)
-    with torch.no_grad(), autocast(loaded.device, loaded.cfg.device.precision):  # as predict computes (auto: bf16?)
+    with torch.no_grad(), autocast(loaded.device, loaded.precision):  # as predict computes (auto: bf16?)
         p = probabilities(loaded.model, loaded.model(normalise(loaded, images)))
     assert [r["file"] for r in records] == files
     assert [r["class"] for r in records] == p.argmax(1).tolist()

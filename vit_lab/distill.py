@@ -136,7 +136,8 @@ def from_config(
     cfg: DictConfig, spec: Any, student: torch.nn.Module, criterion: Criterion, device: torch.device
 ) -> Distiller | None:
     """The run's Distiller (``distill`` config group), its teacher on ``device``; None when distillation is off.
-    A student with a distillation head is told to return both heads' logits in training."""
+    The student is read, not changed: the trainer tells a student with a distillation head to return both heads'
+    logits in training (``MyViT.set_distilled_training``)."""
     node = cfg.get("distill")
     if node is None:
         return None
@@ -144,8 +145,6 @@ def from_config(
     run_dir = Path(node.teacher).expanduser().resolve()
     teacher, record = load_teacher(run_dir, node.weights, spec)
     token = isinstance(student, MyViT) and student.head_dist is not None
-    if isinstance(student, MyViT):
-        student.distilled_training = token  # with a distillation head, training returns both heads' logits
     if record["teacher_status"] != "completed":
         log.warning("distillation teacher %s has status %s, not completed", run_dir, record["teacher_status"])
     record.update(kind=node.kind, alpha=node.alpha, tau=node.tau, distill_token=token)

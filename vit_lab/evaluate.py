@@ -3,6 +3,7 @@
     python -m vit_lab.evaluate outputs/runs/2026-11-27/10-00-00                  # the last weights, its test split
     python -m vit_lab.evaluate RUN_DIR --weights best                            # the best-validation weights
     python -m vit_lab.evaluate RUN_DIR data=fashion_mnist data.test_limit=1000   # another data config
+    python -m vit_lab.evaluate RUN_DIR --tta                                     # + test-time augmentation
 
 The model is rebuilt from the run's ``.hydra/config.yaml`` only through the lab's ``_target_`` whitelist
 (``vit_lab.config.build``) and the weights are read with ``torch.load(weights_only=True)``, so a run folder
@@ -44,6 +45,7 @@ class LoadedRun:
     weights: str  # "last" or "best"
     epoch: int | None  # epochs behind the weights
     same_data: bool  # the run's own data config (no data override)
+    precision: str  # device.precision resolved for this machine (auto: bf16 or fp32)
 
 
 def read_config(run_dir: Path) -> DictConfig:
@@ -164,7 +166,7 @@ def rebuild(run_dir: Path, trained: DictConfig, weights: str = "last") -> tuple[
 
 def load(run_dir: str | Path, weights: str = "last", overrides: Sequence[str] = ()) -> LoadedRun:
     """Rebuild a run's model (whitelisted targets only), load its weights and pick the device and data."""
-    from vit_lab.device import autocast, configure_process, resolve_device
+    from vit_lab.device import configure_process, resolve_device, resolve_precision
     from vit_lab.schema import Device
 
     run_dir = Path(run_dir)
@@ -180,11 +182,11 @@ def load(run_dir: str | Path, weights: str = "last", overrides: Sequence[str] = 
             "choose a data config with the same image shape and classes"
         )
     device = resolve_device(cfg.device.name)
-    autocast(device, cfg.device.precision)  # checks the precision name
+    precision = resolve_precision(device, cfg.device.precision)  # checks the name; auto picks bf16 or fp32
     configure_process(device, cfg.device.get("threads"), malloc=cfg.device.get("tune_malloc", Device.tune_malloc))
     model.to(device).eval()
     same = OmegaConf.to_container(cfg.data) == OmegaConf.to_container(trained.data)
-    return LoadedRun(run_dir, cfg, spec, model, device, weights, epoch, same)
+    return LoadedRun(run_dir, cfg, spec, model, device, weights, epoch, same, precision)
 
 
 def batches(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor):
@@ -231,7 +233,7 @@ def predict_all(run: LoadedRun, batches_) -> tuple[torch.Tensor, torch.Tensor]:
     run.model.eval()  # vit_lab.train.evaluate leaves the model in training mode
     preds, probs = [], []
     for x, _ in batches_:
-        with autocast(run.device, run.cfg.device.precision):
+        with autocast(run.device, run.precision):
             p = probabilities(run.model, run.model(x))
         conf, pred = p.max(dim=1)
         preds.append(pred.cpu())
@@ -266,13 +268,15 @@ def scores(labels: torch.Tensor, preds: torch.Tensor, k: int) -> dict[str, Any]:
     }
 
 
-def evaluate_run(run: LoadedRun) -> dict[str, Any]:
-    """eval.json's content: the trainer's loss and accuracy on the test split, and the scores behind them."""
+def evaluate_run(run: LoadedRun, tta: bool = False) -> dict[str, Any]:
+    """eval.json's content: the trainer's loss and accuracy on the test split, and the scores behind them; with
+    ``tta``, also those of the averaged shifted views (vit_lab.tta), reported apart."""
     from vit_lab.train import evaluate
+    from vit_lab.tta import tta_evaluate
 
     data = run.spec.load(seed=run.cfg.trainer.seed)  # the trainer's split; the test split does not depend on it
     test = batches(run, data.test_images, data.test_labels)
-    loss, acc = evaluate(run.model, test, run.device, run.cfg.device.precision)
+    loss, acc = evaluate(run.model, test, run.device, run.precision)
     preds, _ = predict_all(run, test)
     doc = {
         "run_dir": str(run.dir),
@@ -286,6 +290,8 @@ def evaluate_run(run: LoadedRun) -> dict[str, Any]:
         "accuracy": acc,
         "loss": loss,
     }
+    if tta:
+        doc["tta"] = tta_evaluate(run.model, test, run.device, run.precision)
     return {**doc, **scores(data.test_labels, preds, run.spec.num_classes)}
 
 
@@ -316,10 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="last (checkpoint.pt, the run's final weights; default) or best (best.pt, best validation)",
     )
     p.add_argument("--out", metavar="FILE.json", help="where to write (default RUN_DIR/eval[_best][_<data>].json)")
+    p.add_argument("--tta", action="store_true", help="also test the mean of each image's 5 one-pixel-shifted views")
     args = p.parse_args(argv)
     try:
         run = load(args.run_dir, args.weights, args.overrides)
-        doc = evaluate_run(run)
+        doc = evaluate_run(run, args.tta)
         out = write_json(args.out or default_out(run), doc)
     except (UserError, OmegaConfBaseException) as e:
         print(f"vit_lab.evaluate: error: {' '.join(str(e).split())}", file=sys.stderr)
@@ -334,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(m.get("test_acc"), float):
             same = m["test_acc"] == doc["accuracy"] and m.get("test_loss") == doc["loss"]
             line += f" ({'equal to' if same else 'differs from'} the run's test_acc {100 * m['test_acc']:.2f}%)"
+    if "tta" in doc:
+        line += f"; with test-time augmentation ({doc['tta']['views']} views) {100 * doc['tta']['accuracy']:.2f}%"
     print(line)
     pairs = ", ".join(f"{t}->{p} x{n}" for t, p, n in confused_pairs(doc))
     print(f"most confused (true->predicted): {pairs or 'none'}; wrote {out}")

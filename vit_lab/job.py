@@ -91,6 +91,7 @@ class Job:
     ckpt_file: Path | None = None
     ema: Any = None  # vit_lab.ema.EMA of the model (trainer.ema_decay), or None
     distiller: Any = None  # vit_lab.distill.Distiller (the distill group), or None
+    precision: str = "fp32"  # what the steps compute in, resolved once from device.precision (auto: bf16 or fp32)
 
     @property
     def eval_model(self) -> torch.nn.Module:

@@ -62,7 +62,7 @@ def classify(run: LoadedRun, images: torch.Tensor, top: int = 1) -> list[list[tu
     """uint8 images (B, C, H, W) -> per image, the ``top`` (class, probability) pairs, most likely first."""
     from vit_lab.device import autocast
 
-    with autocast(run.device, run.cfg.device.precision):
+    with autocast(run.device, run.precision):
         p = probabilities(run.model, run.model(normalise(run, images)))
     probs, classes = p.topk(min(top, p.shape[1]), dim=1)
     return [list(zip(c.tolist(), pr.tolist())) for c, pr in zip(classes.cpu(), probs.cpu())]

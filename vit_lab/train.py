@@ -36,6 +36,7 @@ from vit_lab.errors import Interrupted, RunDirBusy, RunStopped, UserError
 from vit_lab.io import dir_is_held, release_dir
 from vit_lab.job import Job, build_data, build_optimizer, param_groups, validate_config  # noqa: F401 (re-exported)
 from vit_lab.loop import State, Sums, evaluate, finite_loss, optimizer_step, stop_on_signals
+from vit_lab.models import MyViT
 from vit_lab.records import CHECKPOINT, METRICS, Run, check_compatible, git_info, load_checkpoint, now, versions
 from vit_lab.resume import checkpoint, restore, save_epoch
 
@@ -60,6 +61,8 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
         check_compatible(model, ckpt["model"], Path(cfg.resume))
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
     distiller = distill.from_config(cfg, spec, model, criterion, device)  # the teacher, before any data is read
+    if distiller is not None and isinstance(model, MyViT):
+        model.set_distilled_training()  # its distillation head learns the teacher, its class head the labels
     run = Run(run_dir, cfg)
     run.write_metrics(
         device=str(device),
@@ -79,19 +82,19 @@ def setup(cfg: DictConfig, run_dir: Path) -> Job:
     opt, sched = build_optimizer(cfg, model, len(data[1]))
     profiler = debug.StepProfiler(cfg.trainer.get("profile"), run_dir, device)
     job = Job(cfg, run, device, model, step_model, callbacks, *data, opt, sched, criterion, profiler, ckpt, ckpt_file)
-    job.ema, job.distiller = ema, distiller
-    describe(job, precision)
+    job.ema, job.distiller, job.precision = ema, distiller, precision
+    describe(job)
     return job
 
 
-def describe(job: Job, precision: str) -> None:
+def describe(job: Job) -> None:
     """The run's first log lines: what trains on what, where, and in which precision."""
     sizes = (len(job.train_batches.labels), len(job.val_batches.labels), len(job.test_batches.labels))
     log.info(
         "%s with %s parameters on %s; %d train / %d val / %d test images; run dir %s",
         *(type(job.model).__name__, f"{job.run.metrics['n_params']:,}", job.device, *sizes, job.run.dir),
     )
-    log.info("precision %s (device.precision=%s)", precision, job.cfg.device.precision)
+    log.info("precision %s (device.precision=%s)", job.precision, job.cfg.device.precision)
     if job.distiller is not None:
         d = job.distiller.record
         log.info("%s distillation from %s (%s, %s weights)", d["kind"], d["teacher"], d["teacher_model"], d["weights"])
@@ -159,7 +162,7 @@ def train_step(job: Job, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
         job.sched,
         x,
         y,
-        job.cfg.device.precision,
+        job.precision,
         job.cfg.trainer.grad_clip,
         job.distiller,
     )
@@ -171,7 +174,7 @@ def train_step(job: Job, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
 def end_epoch(job: Job, state: State, sums: dict) -> dict:
     """Validate, then record the epoch in the history and, when validation improved, its weights in best.pt."""
     seconds = sums["seconds"]
-    val_loss, val_acc = evaluate(job.eval_model, job.val_batches, job.device, job.cfg.device.precision)
+    val_loss, val_acc = evaluate(job.eval_model, job.val_batches, job.device, job.precision)
     state.epoch, state.step, state.perm, state.sums = state.epoch + 1, 0, None, None
     state.train_seconds += seconds
     record = {
@@ -194,7 +197,7 @@ def end_epoch(job: Job, state: State, sums: dict) -> dict:
 
 def test(job: Job, state: State) -> None:
     """Evaluate the test set once, with the last weights (their average with EMA), and record the completed run."""
-    test_loss, test_acc = evaluate(job.eval_model, job.test_batches, job.device, job.cfg.device.precision)
+    test_loss, test_acc = evaluate(job.eval_model, job.test_batches, job.device, job.precision)
     images = len(job.train_batches.labels) * len(job.run.history)  # every epoch sees every training image once
     job.run.write_metrics(
         status="completed",

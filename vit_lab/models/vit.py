@@ -275,6 +275,10 @@ class MyViT(nn.Module):
         distillation tokens do not."""
         return decay_groups(self, weight_decay, no_decay=("pos_embed", "class_token", "dist_token"))
 
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """Training forwards return (class logits, distillation logits) for a distillation loss (timm's name)."""
+        self.distilled_training = enable and self.head_dist is not None
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> the first block's input (B, n_prefix + N, d): [class, distillation,] patches, positioned."""
         if self.stem == "linear":
