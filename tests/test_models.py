@@ -423,3 +423,48 @@ def test_conv_stem_tokens_are_the_patches_of_a_3x3_convolution(chw, patch, strid
     assert grown == (c * 9 + 1) * (d // 2) + conv2_in * d - c * ph * pw * d  # the 3x3 conv; the embedding's new input
     model(x).sum().backward()
     assert conv1.weight.grad is not None and conv1.weight.grad.abs().sum() > 0
+
+
+def test_keep_random_draws_distinct_tokens_per_image():
+    torch.manual_seed(0)
+    x = torch.arange(4 * 9, dtype=torch.float).view(4, 9, 1).expand(4, 9, 3)  # token j of image i: 9 i + j
+    kept = vit_module.keep_random(x, 5)
+    assert kept.shape == (4, 5, 3) and torch.equal(kept[..., 0], kept[..., 2])
+    for i, row in enumerate(kept[..., 0]):
+        assert len(set(row.tolist())) == 5 and all(9 * i <= v < 9 * i + 9 for v in row.tolist())
+    assert len({tuple(sorted(r % 9 for r in row.tolist())) for row in kept[..., 0]}) > 1  # drawn per image
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_patch_dropout_trains_on_a_random_share_of_the_positioned_patches(pool):
+    """Training forward = the blocks on [class token,] k of the positioned patch tokens, drawn as keep_random draws
+    them; evaluation (and drop_patches off) sees every patch, exactly as a model without patch dropout."""
+    d, kw = 16, dict(patch_size=7, depth=2, n_heads=2, pos_embed="learned", pool=pool)
+    torch.manual_seed(0)
+    model = MyViT((1, 28, 28), hidden_d=d, patch_dropout=0.5, **kw)
+    torch.manual_seed(0)
+    plain = MyViT((1, 28, 28), hidden_d=d, **kw)
+    assert str(model.state_dict()) == str(plain.state_dict())  # no parameters, no random draws at build
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.allclose(model.eval()(x), plain.eval()(x), atol=1e-6)
+    model.train()
+    torch.manual_seed(1)
+    out = model(x)
+    torch.manual_seed(1)
+    n = model.n_prefix
+    patches = vit_module.keep_random(model.linear_mapper(patchify(x, 7)) + model.pos_embed[n:], 8)  # round(16 / 2)
+    t = torch.cat([(model.class_token + model.pos_embed[:1]).expand(3, 1, -1), patches], 1) if n else patches
+    for block in model.blocks:
+        t = block(t)
+    expect = model.mlp(t[:, 0] if pool == "cls" else model.norm(t.mean(dim=1)))
+    assert torch.allclose(out, expect, atol=1e-5)
+    out.sum().backward()
+    assert model.pos_embed.grad is not None and model.pos_embed.grad.abs().sum() > 0
+    model.drop_patches = False
+    assert torch.allclose(model(x), plain.train()(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, True, "half"])
+def test_patch_dropout_is_a_share_below_one(bad):
+    with pytest.raises(ShapeError, match=r"model.patch_dropout=.* must be a number in \[0, 1\)"):
+        MyViT((1, 28, 28), patch_size=7, hidden_d=8, n_heads=2, patch_dropout=bad)

@@ -132,6 +132,8 @@ def read(path: Path):
         ("model=foo", ["model/foo", "cnn, vit"]),  # unknown group option, with the options
         ("distill.teacher=runs/cnn", ["distill.teacher", "group is off", "distill=hard", "hard, soft"]),  # group off
         ("model.stem=resnet", ["model.stem", "resnet", "linear", "conv"]),
+        ("model.patch_dropout=1", ["model.patch_dropout=1.0", "[0, 1)"]),
+        ("trainer.patch_dropout_epochs=-2", ["trainer.patch_dropout_epochs=-2"]),
         ("optimizer=nadam", ["optimizer/nadam", "adamw"]),
         ("model.depth=[", ["model.depth=["]),  # an override Hydra cannot parse
         ("trainer.epochs=two", ["trainer.epochs", "two"]),  # wrong types

@@ -341,3 +341,28 @@ def test_debug_presets(tmp_path):
     traces = list((tmp_path / "profile" / "profile").glob("*.pt.trace.json"))
     assert len(traces) == 1 and json.loads(traces[0].read_text())["traceEvents"]
     assert "aten::" in (tmp_path / "profile" / "profile" / "summary.txt").read_text()
+
+
+def test_patch_dropout_stops_after_its_epochs(mnist_root, tmp_path, monkeypatch, caplog):
+    """trainer.patch_dropout_epochs=1 of 2: every step of epoch 1 drops patches, no step of epoch 2 does."""
+    import logging
+
+    from conftest import one_epoch_cfg
+
+    import vit_lab.train as T
+
+    monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
+    seen, real = [], T.train_step
+
+    def spy(job, x, y):
+        seen.append(job.model.drop_patches)
+        return real(job, x, y)
+
+    monkeypatch.setattr(T, "train_step", spy)
+    cfg = one_epoch_cfg("model.patch_dropout=0.5", "trainer.patch_dropout_epochs=1", "trainer.epochs=2")
+    with caplog.at_level(logging.INFO, logger="vit_lab.train"):
+        T.train(cfg, tmp_path / "run")
+    half = len(seen) // 2
+    assert half > 0 and seen == [True] * half + [False] * half
+    assert "epoch 2 on: every patch token" in caplog.text
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"

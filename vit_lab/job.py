@@ -40,6 +40,7 @@ def validate_config(cfg: DictConfig) -> Dataset:
         "optimizer.weight_decay",
         "trainer.limit_batches",
         "trainer.overfit_batches",
+        "trainer.patch_dropout_epochs",
         "trainer.profile.wait",
         "trainer.profile.warmup",
         "device.threads",

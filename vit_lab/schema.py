@@ -31,6 +31,7 @@ class Trainer:
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     ema_decay: float | None = None
+    patch_dropout_epochs: int | None = None
     checkpoint: bool = True
     progress: bool | Literal["auto"] = "auto"
     limit_batches: int | None = None
@@ -64,6 +65,7 @@ class ViT:
     head_softmax: bool = False
     distill_token: bool = False
     stem: Literal["linear", "conv"] = "linear"
+    patch_dropout: float = 0.0
 
 
 @dataclass

@@ -127,6 +127,7 @@ def train_epoch(job: Job, state: State, stop: dict) -> dict:
         job.gen.manual_seed(cfg.seed * 1_000_003 + state.epoch)
         state.perm, state.step, state.sums = batches.permutation(), 0, None
     sums = Sums(job.device, state.sums)
+    drop_patches(job, state.epoch)
     job.model.train()
     bar = tqdm(
         total=len(batches),
@@ -150,6 +151,15 @@ def train_epoch(job: Job, state: State, stop: dict) -> dict:
             raise job.interrupted(stop["signum"])
     bar.close()
     return sums.state()
+
+
+def drop_patches(job: Job, epoch: int) -> None:
+    """model.patch_dropout applies in the first trainer.patch_dropout_epochs epochs (every epoch when null)."""
+    n = job.cfg.trainer.get("patch_dropout_epochs")
+    if isinstance(job.model, MyViT) and job.model.patch_dropout > 0:
+        if epoch == n and job.model.drop_patches:
+            log.info("epoch %d on: every patch token (model.patch_dropout off)", epoch + 1)
+        job.model.drop_patches = n is None or epoch < n
 
 
 def train_step(job: Job, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

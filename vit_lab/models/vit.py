@@ -62,6 +62,12 @@ def conv_stem(c: int, d: int, patch: tuple[int, int]) -> nn.Sequential:
     )
 
 
+def keep_random(tokens: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, N, d) -> (B, k, d): k of each row's N tokens, drawn without replacement, independently per image."""
+    idx = torch.rand(tokens.shape[:2], device=tokens.device).argsort(dim=1)[:, :k]
+    return tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
 class MyMSA(nn.Module):
     """Multi-head self-attention, in one of two styles.
 
@@ -207,11 +213,16 @@ class MyViT(nn.Module):
     (2021, section 3.1) in its smallest form, the convolutional stem that Xiao et al. (2021) found to make ViTs
     train faster and steadier.
 
+    ``patch_dropout=r`` trains on a random (1-r) share of each image's patch tokens, positioned before they are
+    dropped (PatchDropout, Liu et al. 2023): fewer tokens per step for every block; evaluation sees them all. The
+    trainer turns it off for the last epochs (``drop_patches``, ``trainer.patch_dropout_epochs``).
+
     ``distill_token=True`` adds DeiT's distillation token, position and head (Touvron et al. 2021): the model answers
     both heads' mean logits, and in training with ``distilled_training`` set (by vit_lab.distill) both logits.
     """
 
     distilled_training: bool = False
+    drop_patches: bool = True  # with patch_dropout > 0: drop in training (the trainer clears it for the last epochs)
 
     def __init__(
         self,
@@ -230,6 +241,7 @@ class MyViT(nn.Module):
         head_softmax: bool = False,
         distill_token: bool = False,
         stem: str = "linear",
+        patch_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         c, h, w = (int(v) for v in chw)
@@ -241,12 +253,14 @@ class MyViT(nn.Module):
             raise ShapeError(f"model.pool={pool!r} is unknown; use 'cls' or 'mean'")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ShapeError(f"model.dropout={dropout!r} must be a number in [0, 1)")
+        if isinstance(patch_dropout, bool) or not isinstance(patch_dropout, (int, float)) or not 0 <= patch_dropout < 1:
+            raise ShapeError(f"model.patch_dropout={patch_dropout!r} must be a number in [0, 1) (the share dropped)")
         if stem not in ("linear", "conv"):
             raise ShapeError(f"model.stem={stem!r} is unknown; use 'linear' or 'conv'")
         if distill_token and (pool != "cls" or head_softmax):
             raise ShapeError("model.distill_token=true needs model.pool=cls and model.head_softmax=false")
         self.chw, self.patch_size, self.pool, self.head_softmax = (c, h, w), (ph, pw), pool, head_softmax
-        self.stem = stem
+        self.stem, self.patch_dropout = stem, float(patch_dropout)
         self.n_patches = (h // ph) * (w // pw)
         self.n_prefix = int(pool == "cls") + int(distill_token)  # tokens before the patches: class, distillation
         n_tokens = self.n_patches + self.n_prefix
@@ -285,10 +299,14 @@ class MyViT(nn.Module):
             tokens = self.linear_mapper(patchify(images, self.patch_size))  # (B, N, d)
         else:  # the convolution's (B, d, H/ph, W/pw) grid, read in patchify's row-major order
             tokens = self.conv_stem(images).flatten(2).transpose(1, 2)
-        prefix = [t.expand(tokens.shape[0], 1, -1) for t in (self.class_token, self.dist_token) if t is not None]
+        tokens = tokens + self.pos_embed[self.n_prefix :]
+        if self.training and self.drop_patches and self.patch_dropout > 0:
+            tokens = keep_random(tokens, max(1, round(self.n_patches * (1 - self.patch_dropout))))
+        prefix = [t for t in (self.class_token, self.dist_token) if t is not None]
         if prefix:
-            tokens = torch.cat([*prefix, tokens], dim=1)
-        return self.drop(tokens + self.pos_embed)
+            prefix_tokens = torch.cat(prefix) + self.pos_embed[: self.n_prefix]
+            tokens = torch.cat([prefix_tokens.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        return self.drop(tokens)
 
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The last block's output -> the class head's logits and the distillation head's (None without one)."""
