@@ -302,7 +302,7 @@ class MyViT(nn.Module):
         tokens = tokens + self.pos_embed[self.n_prefix :]
         if self.training and self.drop_patches and self.patch_dropout > 0:
             tokens = keep_random(tokens, max(1, round(self.n_patches * (1 - self.patch_dropout))))
-        prefix = [t for t in (self.class_token, self.dist_token) if t is not None]
+        prefix: list[torch.Tensor] = [t for t in (self.class_token, self.dist_token) if t is not None]
         if prefix:
             prefix_tokens = torch.cat(prefix) + self.pos_embed[: self.n_prefix]
             tokens = torch.cat([prefix_tokens.expand(tokens.shape[0], -1, -1), tokens], dim=1)
