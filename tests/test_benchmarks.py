@@ -15,7 +15,16 @@ from conftest import REPO
 if str(REPO) not in sys.path:  # benchmarks/ is run from a checkout (`python -m benchmarks.x`), not installed
     sys.path.insert(0, str(REPO))
 
-from benchmarks import cost, gpu, peak, pruner_comparison, screening_fidelity, throughput, time_to_accuracy  # noqa: E402
+from benchmarks import (  # noqa: E402
+    cost,
+    gpu,
+    peak,
+    pruner_comparison,
+    screening_fidelity,
+    step_options,
+    throughput,
+    time_to_accuracy,
+)
 from benchmarks._common import SIZES, build_timm, build_vit_lab, build_vit_pytorch, n_params  # noqa: E402
 from benchmarks.tutorial_model import TutorialViT, copy_into_vit_lab, loop_patchify  # noqa: E402
 from vit_lab.models import MyViT, get_positional_embeddings, patchify  # noqa: E402
@@ -185,6 +194,20 @@ def test_micro_budgets(capsys):
     g = gpu.main(["--device", "cpu", "--smoke", "--no-save"])  # the CUDA script's code path, on the CPU
     assert set(g["epoch"]) >= {"vit_lab_fp32", "vit_lab_bf16", "timm_bf16"}
     assert "pipeline" in capsys.readouterr().out
+
+
+def test_step_options_smoke(capsys):
+    r = step_options.main(["--smoke", "--no-save", "--variants", "eager,pd50,batch256"])
+    v = r["variants"]
+    assert list(v) == ["eager", "pd50", "batch256"] and v["eager"]["ratio"] == 1.0
+    assert all(x["images_per_s"] > 0 and x["first_s"] > 0 for x in v.values())
+    assert (
+        v["pd50"]["overrides"] == ["device.compile=false", "model.patch_dropout=0.5"] and "model.depth=1" in r["base"]
+    )
+    assert "pd50" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        step_options.main(["--smoke", "--no-save", "--variants", "eager,turbo"])
+    assert "unknown variant turbo" in capsys.readouterr().err
 
 
 @pytest.mark.slow

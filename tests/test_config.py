@@ -90,17 +90,20 @@ def test_tutorial_experiment_is_the_seed_setup():
     assert fixed == cfg  # the fix changes exactly one value
 
 
-@pytest.mark.parametrize("preset,params,epochs", [("fast_cpu", 105_418, 12), ("best_cpu", 205_834, 70)])
+@pytest.mark.parametrize("preset,params,epochs", [("fast_cpu", 105_418, 12), ("best_cpu", 205_834, 36)])
 def test_time_to_accuracy_presets_build_the_measured_models(preset, params, epochs):
     """The presets whose times and accuracies benchmarks/README.md reports: the same model size and budget, in bf16
-    where the CPU computes it natively; fast_cpu with its clipping, label smoothing and weight average."""
+    where the CPU computes it natively, with clipping, label smoothing and the weights' average; best_cpu compiled,
+    with patch dropout for its first 26 epochs."""
     cfg = compose_cfg(f"experiment={preset}")
     spec = validate_config(cfg)
     model = build(cfg.model, chw=spec.chw, out_d=spec.num_classes)
     assert sum(p.numel() for p in model.parameters()) == params
     assert (cfg.trainer.epochs, cfg.device.precision) == (epochs, "auto")
-    if preset == "fast_cpu":
-        assert (cfg.trainer.ema_decay, cfg.trainer.grad_clip, cfg.trainer.label_smoothing) == (0.999, 1.0, 0.1)
+    decay = {"fast_cpu": 0.999, "best_cpu": 0.9995}[preset]
+    assert (cfg.trainer.ema_decay, cfg.trainer.grad_clip, cfg.trainer.label_smoothing) == (decay, 1.0, 0.1)
+    if preset == "best_cpu":
+        assert cfg.device.compile and (model.patch_dropout, cfg.trainer.patch_dropout_epochs) == (0.5, 26)
 
 
 def test_conv_stem_composes_for_every_vit_preset():

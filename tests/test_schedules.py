@@ -64,7 +64,7 @@ def test_three_epochs_on_5000_images_and_the_caps_meeting():
     assert warmup_steps(2000, 40, warmup_epochs=2.0, warmup_fraction=0.05) == 80
     assert warmup_steps(10, 40, warmup_epochs=0.0) == 0 and lrs(10, 40, warmup_epochs=0.0)[0] == pytest.approx(LR)
     assert warmup_steps(1, 40) == 0  # a one-step run: no warmup, its step at the full rate
-    assert warmup_steps(30100, 430, warmup_epochs=2.0) == 860  # experiment=best_cpu (70 epochs) keeps 2 epochs
+    assert warmup_steps(30100, 430, warmup_epochs=2.0) == 860  # a 70-epoch run keeps 2 epochs
 
 
 @pytest.mark.parametrize("fraction", [-0.1, 1.5])

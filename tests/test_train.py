@@ -366,3 +366,24 @@ def test_patch_dropout_stops_after_its_epochs(mnist_root, tmp_path, monkeypatch,
     assert half > 0 and seen == [True] * half + [False] * half
     assert "epoch 2 on: every patch token" in caplog.text
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_a_patch_dropout_run_resumes_exactly(mnist_root, tmp_path, monkeypatch):
+    """SIGINT mid-epoch while patches are dropped, then resume: the same metrics as an uninterrupted run (the tokens
+    kept are drawn from the RNG that the checkpoint restores)."""
+    from conftest import one_epoch_cfg, train_interrupted_at
+
+    import vit_lab.train as T
+
+    monkeypatch.setenv("VIT_LAB_DATA", str(mnist_root))
+    run = ("model.patch_dropout=0.5", "trainer.patch_dropout_epochs=1", "trainer.epochs=2", "trainer.checkpoint=true")
+    T.train(one_epoch_cfg(*run), tmp_path / "ref")
+    train_interrupted_at(monkeypatch, one_epoch_cfg(*run), tmp_path / "a", step=5)
+    T.train(one_epoch_cfg(*run, f"resume={tmp_path / 'a'}"), tmp_path / "b")
+    ref, got = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("ref", "b"))
+    assert got["status"] == "completed"
+    for key in ("test_acc", "test_loss", "best_val_acc", "best_epoch"):
+        assert got[key] == ref[key], key
+    curves = [[e["train_loss"] for e in json.loads((tmp_path / d / "history.json").read_text())] for d in ("ref", "b")]
+    assert curves[0] == curves[1]
