@@ -218,7 +218,8 @@ class MyViT(nn.Module):
     trainer turns it off for the last epochs (``drop_patches``, ``trainer.patch_dropout_epochs``).
 
     ``distill_token=True`` adds DeiT's distillation token, position and head (Touvron et al. 2021): the model answers
-    both heads' mean logits, and in training with ``distilled_training`` set (by vit_lab.distill) both logits.
+    both heads' mean logits, and in training with ``distilled_training`` set (``set_distilled_training``, which the
+    trainer calls when it has a teacher) both logits.
     """
 
     distilled_training: bool = False
