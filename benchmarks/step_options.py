@@ -44,10 +44,10 @@ def variant(overrides: list[str]) -> tuple[Callable[[], None], int, float]:
     model = build(cfg.model, chw=(1, 28, 28), out_d=10)
     x, y = C.synthetic_batch(cfg.trainer.batch_size)
     precision = resolve_precision(torch.device("cpu"), cfg.device.precision)
-    step = C.trainer_step(model, C.compiled(model, C.trainer_compile(cfg)), cfg, precision)
+    step = C.make_contender("", model, x, y, compile=C.trainer_compile(cfg), precision=precision, cfg=cfg).train_step
     t = time.perf_counter()
-    step(x, y)
-    return (lambda: step(x, y)), len(y), time.perf_counter() - t
+    step()
+    return step, len(y), time.perf_counter() - t
 
 
 def variant_names(text: str) -> list[str]:
