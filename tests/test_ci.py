@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -28,3 +29,22 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_main_command_runs_the_main_job():
     cmd = readme_command("main")
     assert cmd.endswith("python -m vit_lab.train") and "pip install -e" in cmd
+
+
+def test_collection_is_the_same_in_every_process(request):
+    """xdist refuses to run when its workers collect different test ids, so no id may hang on the clock or hash seed."""
+    config = request.config
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    args = ["--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *config.args]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", *args],
+        cwd=config.invocation_params.dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    later = {line for line in proc.stdout.splitlines() if "::" in line}
+    here = {item.nodeid for item in request.session.items}
+    assert here <= later and (here == later or config.option.keyword or config.option.markexpr)

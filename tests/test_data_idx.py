@@ -56,17 +56,18 @@ def test_file_md5_is_of_uncompressed_content(tmp_path):
 GOOD = idx_bytes(np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
 
 
+# Readable ids: byte contents as ids are unreadable, and must stay identical across xdist workers.
 @pytest.mark.parametrize(
     "content, fragment",
     [
-        (b"\x01\x02" + GOOD[2:], "not an IDX file"),
-        (b"", "not an IDX file"),
-        (idx_bytes(np.zeros((2, 3), np.uint8), code=0x0D), "0x0D"),
-        (GOOD[:-1], "truncated"),
-        (GOOD[:9], "truncated IDX header"),
-        (GOOD + b"\x00\x00", "2 trailing bytes"),
-        (gzip.compress(GOOD)[:-12], "corrupt gzip"),
-        (gzip.compress(GOOD)[:10] + b"\xff" * 20, "corrupt gzip"),
+        pytest.param(b"\x01\x02" + GOOD[2:], "not an IDX file", id="bad-magic"),
+        pytest.param(b"", "not an IDX file", id="empty"),
+        pytest.param(idx_bytes(np.zeros((2, 3), np.uint8), code=0x0D), "0x0D", id="unsupported-type"),
+        pytest.param(GOOD[:-1], "truncated", id="truncated-data"),
+        pytest.param(GOOD[:9], "truncated IDX header", id="truncated-header"),
+        pytest.param(GOOD + b"\x00\x00", "2 trailing bytes", id="trailing-bytes"),
+        pytest.param(gzip.compress(GOOD, mtime=0)[:-12], "corrupt gzip", id="gzip-cut"),
+        pytest.param(gzip.compress(GOOD, mtime=0)[:10] + b"\xff" * 20, "corrupt gzip", id="gzip-garbage"),
     ],
 )
 def test_read_idx_errors(tmp_path, content, fragment):
