@@ -106,6 +106,18 @@ def test_time_to_accuracy_presets_build_the_measured_models(preset, params, epoc
         assert cfg.device.compile and (model.patch_dropout, cfg.trainer.patch_dropout_epochs) == (0.5, 26)
 
 
+def test_fashion_preset_is_best_cpu_on_clothes_mirrored_for_longer():
+    best, fashion = compose_cfg("experiment=best_cpu"), compose_cfg("experiment=fashion_cpu")
+    spec = validate_config(fashion)
+    assert spec.subdir == "FashionMNIST/raw" and fashion.augment.hflip == 0.5 and best.augment.hflip == 0.0
+    assert (fashion.trainer.epochs, fashion.trainer.patch_dropout_epochs) == (80, 60)
+    for key in ("model", "optimizer", "scheduler", "device"):
+        assert fashion[key] == best[key]  # the same model and recipe, only the data and its budget change
+    fashion.augment.hflip, fashion.trainer.epochs, fashion.trainer.patch_dropout_epochs = 0.0, 36, 26
+    fashion.data = best.data
+    assert fashion == best
+
+
 def test_conv_stem_composes_for_every_vit_preset():
     for preset in ("fast_cpu", "best_cpu", "best"):
         cfg = compose_cfg(f"experiment={preset}", "model.stem=conv")

@@ -70,6 +70,15 @@ def test_shift_and_scale_ranges():
     assert torch.allclose(zoom.sum(dim=(1, 2, 3)), torch.full((32,), 64.0), rtol=1e-4)  # 2x zoom: 4x area
 
 
+def test_hflip_mirrors_a_share_of_the_images():
+    x = torch.rand(400, 2, 5, 7)
+    assert torch.equal(Augment(enabled=True, hflip=1.0)(x, torch.Generator().manual_seed(0)), x.flip(-1))
+    out = Augment(enabled=True, hflip=0.5)(x, torch.Generator().manual_seed(0))
+    mirrored = (out == x.flip(-1)).flatten(1).all(1)
+    assert torch.equal(mirrored, ~(out == x).flatten(1).all(1))  # each image is either itself or its mirror
+    assert 150 < int(mirrored.sum()) < 250
+
+
 @pytest.mark.parametrize(
     "over, key",
     [
@@ -77,6 +86,8 @@ def test_shift_and_scale_ranges():
         ({"degrees": -1}, "degrees"),
         ({"scale": (1.2, 0.8)}, "scale"),
         ({"crop_padding": -1}, "crop_padding"),
+        ({"hflip": 1.5}, "hflip"),
+        ({"hflip": "yes"}, "hflip"),
     ],
 )
 def test_augment_validate(over, key):

@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from vit_lab.loop import evaluate
 from vit_lab.models import MyViT, SimpleCNN
-from vit_lab.tta import VIEWS, shifted_views, tta_evaluate
+from vit_lab.tta import SHIFTS, shifted_views, trained_on_mirrors, tta_evaluate
 
 CPU = torch.device("cpu")
 
@@ -28,7 +29,7 @@ def bordered(b: int, seed: int = 0) -> torch.Tensor:
 def test_views_are_the_image_and_its_four_shifts():
     x = bordered(3)
     v = shifted_views(x)
-    assert v.shape == (VIEWS, 3, 1, 12, 12)
+    assert v.shape == (SHIFTS, 3, 1, 12, 12)
     rolled = [x, x.roll(1, -2), x.roll(-1, -2), x.roll(1, -1), x.roll(-1, -1)]  # down, up, right, left
     for view, expect in zip(v, rolled):
         assert torch.equal(view, expect)
@@ -36,8 +37,8 @@ def test_views_are_the_image_and_its_four_shifts():
     assert edge.tolist() == [[0, 1, 2], [0, 1, 2], [3, 4, 5]]
 
 
-@pytest.mark.parametrize("model", ["vit", "cnn"])
-def test_probabilities_of_the_views_are_averaged(model):
+@pytest.mark.parametrize("model, flip", [("vit", False), ("cnn", False), ("vit", True)])
+def test_probabilities_of_the_views_are_averaged(model, flip):
     torch.manual_seed(0)
     net = (
         MyViT((1, 12, 12), patch_size=4, hidden_d=16, n_heads=2) if model == "vit" else SimpleCNN((1, 12, 12), width=4)
@@ -45,12 +46,13 @@ def test_probabilities_of_the_views_are_averaged(model):
     net.eval()
     x, y = bordered(20, seed=1), torch.randint(0, 10, (20,), generator=torch.Generator().manual_seed(2))
     batches = [(x[:12], y[:12]), (x[12:], y[12:])]
-    doc = tta_evaluate(net, batches, CPU, "fp32")
+    doc = tta_evaluate(net, batches, CPU, "fp32", flip=flip)
     net.eval()  # BatchNorm's running statistics, as tta_evaluate uses them
     with torch.no_grad():
         views = [x, x.roll(1, -2), x.roll(-1, -2), x.roll(1, -1), x.roll(-1, -1)]
+        views += [v.flip(-1) for v in views] if flip else []
         probs = torch.stack([net(v).softmax(dim=-1) for v in views]).mean(dim=0)
-    assert doc["views"] == 5 and doc["shift_pixels"] == 1
+    assert doc["views"] == len(views) and doc["shift_pixels"] == 1 and doc["flip"] is flip
     assert doc["accuracy"] == int((probs.argmax(dim=1) == y).sum()) / len(y)
     assert doc["loss"] == pytest.approx(F.nll_loss(probs.log(), y).item(), rel=1e-5)
 
@@ -65,3 +67,13 @@ def test_no_shift_is_the_plain_evaluation():
     assert doc["accuracy"] == acc and doc["loss"] == pytest.approx(loss, rel=1e-5)
     assert net.training  # left in training mode, as the trainer's evaluate leaves a model
     assert math.isnan(tta_evaluate(net, [], CPU, "fp32")["accuracy"])  # no images: no figure
+
+
+def test_mirrors_only_for_runs_trained_on_them():
+    def cfg(**augment):
+        return OmegaConf.create({"augment": augment})
+
+    assert trained_on_mirrors(cfg(enabled=True, hflip=0.5))
+    assert not trained_on_mirrors(cfg(enabled=False, hflip=0.5))  # a disabled group mirrored nothing
+    assert not trained_on_mirrors(cfg(enabled=True, hflip=0.0))
+    assert not trained_on_mirrors(cfg(enabled=True, crop_padding=2))  # a run from before augment.hflip

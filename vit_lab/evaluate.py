@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from vit_lab.cli import CONF_DIR
 from vit_lab.errors import ConfigError, UserError
 from vit_lab.run_files import BEST, CHECKPOINT, METRICS
+from vit_lab.scores import confused_pairs, scores
 
 WEIGHTS = {"last": CHECKPOINT, "best": BEST}
 OVERRIDABLE = ("data", "device", "trainer.eval_batch_size")  # what a re-evaluation may change
@@ -241,38 +242,11 @@ def predict_all(run: LoadedRun, batches_) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(preds), torch.cat(probs)
 
 
-def scores(labels: torch.Tensor, preds: torch.Tensor, k: int) -> dict[str, Any]:
-    """Confusion matrix (rows: true class, columns: predicted) and per-class support, precision and recall."""
-    cm = torch.bincount(labels * k + preds, minlength=k * k).reshape(k, k)
-    tp, support, predicted = cm.diag(), cm.sum(1), cm.sum(0)
-
-    def ratio(a: int, b: int) -> float | None:
-        return a / b if b else None
-
-    per_class = [
-        {
-            "class": c,
-            "support": int(support[c]),
-            "accuracy": ratio(int(tp[c]), int(support[c])),
-            "precision": ratio(int(tp[c]), int(predicted[c])),
-            "recall": ratio(int(tp[c]), int(support[c])),
-        }
-        for c in range(k)
-    ]
-    wrong = (preds != labels).nonzero().flatten()
-    return {
-        "confusion": cm.tolist(),
-        "per_class": per_class,
-        "misclassified": wrong.tolist(),
-        "misclassified_as": preds[wrong].tolist(),
-    }
-
-
 def evaluate_run(run: LoadedRun, tta: bool = False) -> dict[str, Any]:
     """eval.json's content: the trainer's loss and accuracy on the test split, and the scores behind them; with
     ``tta``, also those of the averaged shifted views (vit_lab.tta), reported apart."""
     from vit_lab.train import evaluate
-    from vit_lab.tta import tta_evaluate
+    from vit_lab.tta import trained_on_mirrors, tta_evaluate
 
     data = run.spec.load(seed=run.cfg.trainer.seed)  # the trainer's split; the test split does not depend on it
     test = batches(run, data.test_images, data.test_labels)
@@ -291,20 +265,13 @@ def evaluate_run(run: LoadedRun, tta: bool = False) -> dict[str, Any]:
         "loss": loss,
     }
     if tta:
-        doc["tta"] = tta_evaluate(run.model, test, run.device, run.precision)
+        doc["tta"] = tta_evaluate(run.model, test, run.device, run.precision, flip=trained_on_mirrors(run.cfg))
     return {**doc, **scores(data.test_labels, preds, run.spec.num_classes)}
 
 
 def default_out(run: LoadedRun) -> Path:
     name = "eval" + ("_best" if run.weights == "best" else "") + ("" if run.same_data else f"_{run.spec.name}")
     return run.dir / f"{name}.json"
-
-
-def confused_pairs(doc: dict, top: int = 5) -> list[tuple[int, int, int]]:
-    """The most frequent (true, predicted, count) mistakes."""
-    cm = doc["confusion"]
-    pairs = [(t, p, cm[t][p]) for t in range(len(cm)) for p in range(len(cm)) if t != p and cm[t][p]]
-    return sorted(pairs, key=lambda x: -x[2])[:top]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -322,7 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="last (checkpoint.pt, the run's final weights; default) or best (best.pt, best validation)",
     )
     p.add_argument("--out", metavar="FILE.json", help="where to write (default RUN_DIR/eval[_best][_<data>].json)")
-    p.add_argument("--tta", action="store_true", help="also test the mean of each image's 5 one-pixel-shifted views")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="also test the mean of each image's 5 one-pixel-shifted views (and their mirrors if trained on mirrors)",
+    )
     args = p.parse_args(argv)
     try:
         run = load(args.run_dir, args.weights, args.overrides)

@@ -129,6 +129,7 @@ class Augment:
     degrees: float = 0.0
     scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
     crop_padding: int = 0
+    hflip: float = 0.0
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The augment config group: batched random affine and padded random crop, on the tensor side."""
+"""The augment config group: batched random horizontal flip, padded random crop and affine, on the tensor side."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ from .checks import is_int, is_num, plain
 
 @dataclass
 class Augment:
-    """Batched random affine (shift/rotate/scale) and padded random crop on [0,1] float images."""
+    """Batched random horizontal flip, padded random crop and affine (shift/rotate/scale) on [0,1] float images."""
 
     enabled: bool = False
     max_shift: float = 0.0  # fraction of the image size
     degrees: float = 0.0
     scale: Sequence[float] = (1.0, 1.0)
     crop_padding: int = 0
+    hflip: float = 0.0  # probability of mirroring an image left-right: for clothes and objects, never for digits
 
     def __post_init__(self) -> None:
         self.scale = plain(self.scale)
@@ -39,6 +40,8 @@ class Augment:
             raise ConfigError(f"augment.scale={s!r} must be [low, high] with 0 < low <= high")
         if not is_int(self.crop_padding) or self.crop_padding < 0:
             raise ConfigError(f"augment.crop_padding={self.crop_padding!r} must be an integer >= 0")
+        if not is_num(self.hflip) or not 0 <= self.hflip <= 1:
+            raise ConfigError(f"augment.hflip={self.hflip!r} must be a probability in [0, 1]")
 
     @property
     def affine(self) -> bool:
@@ -47,7 +50,7 @@ class Augment:
     @property
     def active(self) -> bool:
         """False when disabled or every parameter is neutral: then __call__ is the identity and draws nothing."""
-        return bool(self.enabled) and (self.affine or self.crop_padding > 0)
+        return bool(self.enabled) and (self.affine or self.crop_padding > 0 or self.hflip > 0)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Augment a float batch (B,C,H,W); random numbers are drawn on the CPU so any device gives the same draws."""
@@ -60,6 +63,9 @@ class Augment:
                 x.device, torch.float32
             )
 
+        if self.hflip > 0:  # drawn only when on, so runs without it keep their random stream
+            flip = (torch.rand(b, generator=generator) < self.hflip).to(x.device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         if self.crop_padding > 0:  # like RandomCrop(padding=p): integer shift in [-p, p], zero fill
             p = int(self.crop_padding)
             off = torch.randint(0, 2 * p + 1, (2, b), generator=generator).to(x.device)
