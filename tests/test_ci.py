@@ -45,6 +45,12 @@ def test_collection_is_the_same_in_every_process(request):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    later = {line for line in proc.stdout.splitlines() if "::" in line}
-    here = {item.nodeid for item in request.session.items}
-    assert here <= later and (here == later or config.option.keyword or config.option.markexpr)
+    later = [line for line in proc.stdout.splitlines() if "::" in line]
+    here = [item.nodeid for item in request.session.items]
+    chosen = set(here)
+    assert not chosen - set(later), sorted(chosen - set(later))[:5]  # ids that hang on time or hash seed
+    if not (config.getoption("failedfirst", False) or config.getoption("newfirst", False)):  # these reorder
+        assert [i for i in later if i in chosen] == here  # xdist also refuses another order
+    narrowed = config.option.keyword or config.option.markexpr or config.getoption("deselect", None)
+    if not (narrowed or config.getoption("lf", False)):
+        assert chosen == set(later)
