@@ -500,6 +500,25 @@ def test_sigint_and_sigterm_mid_epoch_resume_to_identical_metrics(tmp_path):
     assert m3["train_images_per_second"] == pytest.approx(images / m3["train_seconds"], rel=1e-6)
 
 
+def test_a_signal_inside_a_library_call_stays_an_interrupt(tmp_path):
+    """The signal can land inside any library's ``except Exception`` (OmegaConf's attribute access rebuilt the
+    exception from its message and lost the signal, as CI once saw): Interrupted must pass through, like Ctrl-C."""
+    from vit_lab.endings import interrupt_outside_the_loop
+    from vit_lab.errors import Interrupted
+
+    def kill_self():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here, inside OmegaConf's resolver call
+        return 0
+
+    OmegaConf.register_resolver("_test_kill_self", kill_self, replace=True)
+    cfg = OmegaConf.create({"trainer": {"seed": "${_test_kill_self:}"}})
+    with pytest.raises(Interrupted) as info, interrupt_outside_the_loop(tmp_path):
+        cfg.trainer.seed  # noqa: B018 - the access is the test
+    assert info.value.signum == signal.SIGTERM and "nothing to resume" in str(info.value)
+    assert not isinstance(info.value, Exception)  # no `except Exception` anywhere may swallow or rebuild it
+
+
 @pytest.mark.slow
 def test_signal_before_training_is_recorded(tmp_path):
     """SIGTERM while the data loads (before the loop's own handler) still ends as `interrupted`, not a dead

@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from vit_lab.errors import ConfigError, Interrupted, RunStopped
+from vit_lab.errors import ConfigError, RunStopped
 
 log = logging.getLogger("vit_lab.train")
 
@@ -129,8 +129,6 @@ class Callbacks:
             self.started.add(name)
             try:
                 getattr(cb, method)(*args)
-            except Interrupted:
-                raise
             except Exception as e:  # noqa: BLE001 - a logger's failure must never cost the run
                 if not is_logger or isinstance(e, (RunStopped, StopTraining)):
                     first = first or e

@@ -29,8 +29,12 @@ class DeviceError(UserError):
     """A requested device that this machine does not have."""
 
 
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; in the loop, a checkpoint is saved at the step boundary first."""
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM arrived; in the loop, a checkpoint is saved at the step boundary first.
+
+    A BaseException, like KeyboardInterrupt: outside the loop the signal handler raises it wherever the signal lands,
+    and a library's ``except Exception`` there (OmegaConf's) would otherwise rebuild or swallow it.
+    """
 
     def __init__(self, signum: int, run_dir: str | os.PathLike | None = None, saved: bool = True) -> None:
         name = signal.Signals(signum).name

@@ -55,7 +55,7 @@ def validate_config(cfg: DictConfig) -> Dataset:
     try:  # the model checks its own shape against the data, on the meta device: no memory, no random numbers
         with torch.device("meta"):
             build(cfg.model, chw=spec.chw, out_d=spec.num_classes)
-    except (UserError, Interrupted):
+    except UserError:
         raise
     except Exception:  # noqa: BLE001 - a model that cannot be built on the meta device is checked by its real build
         pass
