@@ -73,17 +73,26 @@ def size_overrides(size: dict) -> list[str]:
     ]
 
 
-def build_vit_lab(
-    size: dict, overrides: list[str] | None = None, chw=(1, 28, 28)
-) -> tuple[torch.nn.Module, DictConfig]:
-    """vit_lab's model built from the trainer's config (defaults + the size + overrides); returns (model, cfg)."""
+def data_shape(cfg: DictConfig) -> tuple[tuple[int, int, int], int]:
+    """The composed config's image shape (channels, height, width) and class count, from the data config alone
+    (nothing is read), so a ``data=`` override reaches the benchmark's model and synthetic batch."""
+    from vit_lab.config import build
+
+    spec = build(cfg.data, _convert_="all")
+    return tuple(spec.chw), int(spec.num_classes)
+
+
+def build_vit_lab(size: dict, overrides: list[str] | None = None) -> tuple[torch.nn.Module, DictConfig]:
+    """vit_lab's model built from the trainer's config (defaults + the size + overrides) for its data's image
+    shape and classes; returns (model, cfg)."""
     from vit_lab.config import build
 
     cfg = compose(size_overrides(size) + list(overrides or []))
-    return build(cfg.model, chw=chw, out_d=10), cfg
+    chw, classes = data_shape(cfg)
+    return build(cfg.model, chw=chw, out_d=classes), cfg
 
 
-def build_timm(size: dict, chw=(1, 28, 28)) -> torch.nn.Module:
+def build_timm(size: dict, chw=(1, 28, 28), classes: int = 10) -> torch.nn.Module:
     """timm's VisionTransformer at the same width/depth/heads/patch/MLP, class-token pooling, no final norm
     (vit_lab's cls pooling has none either)."""
     from timm.models.vision_transformer import VisionTransformer
@@ -92,7 +101,7 @@ def build_timm(size: dict, chw=(1, 28, 28)) -> torch.nn.Module:
         img_size=chw[1],
         patch_size=size["patch"],
         in_chans=chw[0],
-        num_classes=10,
+        num_classes=classes,
         embed_dim=size["width"],
         depth=size["depth"],
         num_heads=size["heads"],
@@ -102,7 +111,7 @@ def build_timm(size: dict, chw=(1, 28, 28)) -> torch.nn.Module:
     )
 
 
-def build_vit_pytorch(size: dict, chw=(1, 28, 28)) -> torch.nn.Module:
+def build_vit_pytorch(size: dict, chw=(1, 28, 28), classes: int = 10) -> torch.nn.Module:
     """lucidrains' vit-pytorch ViT at the same sizes (it adds LayerNorms around its patch embedding and a final
     norm)."""
     from vit_pytorch import ViT
@@ -111,7 +120,7 @@ def build_vit_pytorch(size: dict, chw=(1, 28, 28)) -> torch.nn.Module:
     return ViT(
         image_size=chw[1],
         patch_size=size["patch"],
-        num_classes=10,
+        num_classes=classes,
         dim=w,
         depth=size["depth"],
         heads=h,
@@ -125,10 +134,12 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def synthetic_batch(batch: int, chw=(1, 28, 28), device="cpu", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_batch(
+    batch: int, chw=(1, 28, 28), device="cpu", seed: int = 0, classes: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, *chw, generator=g).sub_(0.1307).div_(0.3081)
-    y = torch.randint(0, 10, (batch,), generator=g)
+    y = torch.randint(0, classes, (batch,), generator=g)
     return x.to(device), y.to(device)
 
 

@@ -118,10 +118,13 @@ def run(
     size = C.SIZES[size_name]
     load0 = C.loadavg()
     model, cfg = C.build_vit_lab(size, overrides)
-    x, y = C.synthetic_batch(batch)
+    chw, classes = C.data_shape(cfg)
+    x, y = C.synthetic_batch(batch, chw, classes=classes)
     contender = C.make_contender("vit_lab", model, x, y, compile=C.trainer_compile(cfg), cfg=cfg)
     m = cfg.model
     kw = dict(
+        chw=chw,
+        out_d=classes,
         patch=m.patch_size,
         width=m.hidden_d,
         depth=m.depth,
@@ -132,7 +135,7 @@ def run(
     )
     flops = train_step_flops(batch, **kw)  # what vit_lab executes
     nominal = train_step_flops(batch, cls_shortcut=False, **kw)  # a ViT running every token through every block
-    tokens = batch * ((28 // m.patch_size) ** 2 + (m.pool == "cls"))
+    tokens = batch * ((chw[1] // m.patch_size) * (chw[2] // m.patch_size) + (m.pool == "cls"))
     big, big_flops = mm_fn(peak_n, peak_n, peak_n)
     # the step's largest product: the MLP's first linear, (B*T, d) @ (d, mlp)
     shaped, shaped_flops = mm_fn(tokens, m.hidden_d, int(round(m.mlp_ratio * m.hidden_d)))

@@ -41,8 +41,9 @@ def variant(overrides: list[str]) -> tuple[Callable[[], None], int, float]:
 
     cfg = C.compose(overrides)
     torch.manual_seed(0)
-    model = build(cfg.model, chw=(1, 28, 28), out_d=10)
-    x, y = C.synthetic_batch(cfg.trainer.batch_size)
+    chw, classes = C.data_shape(cfg)
+    model = build(cfg.model, chw=chw, out_d=classes)
+    x, y = C.synthetic_batch(cfg.trainer.batch_size, chw, classes=classes)
     precision = resolve_precision(torch.device("cpu"), cfg.device.precision)
     step = C.make_contender("", model, x, y, compile=C.trainer_compile(cfg), precision=precision, cfg=cfg).train_step
     t = time.perf_counter()

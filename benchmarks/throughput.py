@@ -40,6 +40,7 @@ def contenders(
     out: dict[str, C.Contender] = {}
     torch.manual_seed(0)
     model, cfg = C.build_vit_lab(size, overrides)
+    chw, classes = C.data_shape(cfg)  # every contender is built for the data's image shape and classes
     comp = C.trainer_compile(cfg)
     path = f"compiled, mode {comp}" if comp else "eager"
 
@@ -59,18 +60,18 @@ def contenders(
             "vit_lab_tutorial_style", tmodel, note="tutorial attention + softmax head"
         )
     if loop:
-        lm = from_size(size)
+        lm = from_size(size, chw, classes)
         out["tutorial_loop"] = contender("tutorial_loop", lm, note=f"{C.n_params(lm):,} params")
-    tm = C.build_timm(size)
+    tm = C.build_timm(size, chw, classes)
     out["timm"] = contender("timm", tm, note=f"eager, {C.n_params(tm):,} params")
     try:
-        vp = C.build_vit_pytorch(size)
+        vp = C.build_vit_pytorch(size, chw, classes)
         out["vit_pytorch"] = contender("vit_pytorch", vp, note=f"eager, {C.n_params(vp):,} params")
     except ImportError:  # pragma: no cover - the bench extra is missing
         warnings.warn("vit-pytorch is not installed (pip install -e '.[bench]'); skipped", stacklevel=2)
     compile_seconds: dict[str, float] = {}
     if compile_:
-        tc = C.build_timm(size)
+        tc = C.build_timm(size, chw, classes)
         out["timm_compiled"] = contender("timm_compiled", tc, compile=True, note="torch.compile")
         if not comp:
             mc, _ = C.build_vit_lab(size, overrides)
@@ -100,7 +101,8 @@ def run(
     results: dict[str, Any] = {"batch": batch, "threads": torch.get_num_threads(), "rounds": rounds, "sizes": {}}
     for size_name in sizes:
         load0 = C.loadavg()
-        x, y = C.synthetic_batch(batch)
+        chw, classes = C.data_shape(C.compose(overrides))
+        x, y = C.synthetic_batch(batch, chw, classes=classes)
         cs, compile_seconds = contenders(size_name, x, y, compile_, loop, overrides)
         per: dict = {}
         raw: dict = {}

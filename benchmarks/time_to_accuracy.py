@@ -3,7 +3,7 @@ curve, wall time, the first epoch that reaches a target accuracy, the final test
 
     python -m benchmarks.time_to_accuracy                                   # the default main job (~10 min)
     python -m benchmarks.time_to_accuracy --target 0.995 experiment=best_cpu   # ~20 min
-    python -m benchmarks.time_to_accuracy --target 0.93 experiment=fashion_cpu   # Fashion-MNIST, ~37 min
+    python -m benchmarks.time_to_accuracy --target 0.93 experiment=fashion_cpu   # Fashion-MNIST, ~31 min
     python -m benchmarks.time_to_accuracy --target 0.9965 experiment=best device=cuda   # on a GPU
     python -m benchmarks.time_to_accuracy --target 0.923 data=fashion_mnist experiment=best
     python -m benchmarks.time_to_accuracy --smoke                           # a few seconds: checks the plumbing

@@ -124,10 +124,11 @@ class TutorialViT(nn.Module):
         return self.mlp(out[:, 0])
 
 
-def from_size(size: dict, chw=(1, 28, 28)) -> TutorialViT:
+def from_size(size: dict, chw=(1, 28, 28), classes: int = 10) -> TutorialViT:
     """The loop model at a benchmark size (patch, width, depth, heads, mlp_ratio)."""
     return TutorialViT(
         chw,
+        out_d=classes,
         n_patches=chw[1] // size["patch"],
         n_blocks=size["depth"],
         hidden_d=size["width"],

@@ -196,6 +196,25 @@ def test_micro_budgets(capsys):
     assert "pipeline" in capsys.readouterr().out
 
 
+def test_step_benchmarks_follow_a_data_override():
+    """`data=cifar10` reaches the models, the synthetic batch and the FLOP count (3x32x32 images), where a fixed
+    MNIST shape would let a data override do nothing."""
+    from benchmarks._common import compose, data_shape
+
+    cifar = ["data=cifar10", "model.patch_size=8"]
+    assert data_shape(compose(cifar)) == ((3, 32, 32), 10)
+    p = peak.run("tutorial", batch=4, rounds=1, steps=1, peak_n=32, overrides=cifar, save=False)
+    config = p["config"]
+    assert config["chw"] == (3, 32, 32) and config["patch"] == 8
+    assert p["forward_flops"] == peak.vit_forward_flops(4, **config)
+    assert p["forward_flops"]["total"] != peak.vit_forward_flops(4, **{**config, "chw": (1, 32, 32)})["total"]
+    step, images, _ = step_options.variant([*step_options.SMOKE, *cifar])
+    assert images == 8
+    step()  # a model built for MNIST's 1x28x28 cannot take CIFAR-10's batch
+    r = throughput.run(("tutorial",), batch=4, rounds=1, steps=1, overrides=["data=cifar10"], save=False, eval_=False)
+    assert {"vit_lab", "tutorial_loop", "timm", "vit_pytorch"} <= set(r["sizes"]["tutorial"]["contenders"])
+
+
 def test_step_options_smoke(capsys):
     r = step_options.main(["--smoke", "--no-save", "--variants", "eager,pd50,batch256"])
     v = r["variants"]

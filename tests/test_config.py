@@ -106,14 +106,17 @@ def test_time_to_accuracy_presets_build_the_measured_models(preset, params, epoc
         assert cfg.device.compile and (model.patch_dropout, cfg.trainer.patch_dropout_epochs) == (0.5, 26)
 
 
-def test_fashion_preset_is_best_cpu_on_clothes_mirrored_for_longer():
+def test_fashion_preset_is_best_cpu_on_clothes_mirrored_upright_for_longer():
     best, fashion = compose_cfg("experiment=best_cpu"), compose_cfg("experiment=fashion_cpu")
     spec = validate_config(fashion)
     assert spec.subdir == "FashionMNIST/raw" and fashion.augment.hflip == 0.5 and best.augment.hflip == 0.0
-    assert (fashion.trainer.epochs, fashion.trainer.patch_dropout_epochs) == (80, 60)
+    assert fashion.augment.crop_padding == 2 and fashion.augment.degrees == 0 and list(fashion.augment.scale) == [1, 1]
+    assert not build(fashion.augment).affine and build(best.augment).affine  # crop and mirror only
+    assert (fashion.trainer.epochs, fashion.trainer.patch_dropout_epochs) == (64, 48)
     for key in ("model", "optimizer", "scheduler", "device"):
-        assert fashion[key] == best[key]  # the same model and recipe, only the data and its budget change
-    fashion.augment.hflip, fashion.trainer.epochs, fashion.trainer.patch_dropout_epochs = 0.0, 36, 26
+        assert fashion[key] == best[key]  # the same model and recipe, only the data, its augmentation and budget
+    fashion.augment = best.augment
+    fashion.trainer.epochs, fashion.trainer.patch_dropout_epochs = 36, 26
     fashion.data = best.data
     assert fashion == best
 

@@ -513,8 +513,11 @@ def test_a_signal_inside_a_library_call_stays_an_interrupt(tmp_path):
 
     OmegaConf.register_resolver("_test_kill_self", kill_self, replace=True)
     cfg = OmegaConf.create({"trainer": {"seed": "${_test_kill_self:}"}})
-    with pytest.raises(Interrupted) as info, interrupt_outside_the_loop(tmp_path):
-        cfg.trainer.seed  # noqa: B018 - the access is the test
+    try:
+        with pytest.raises(Interrupted) as info, interrupt_outside_the_loop(tmp_path):
+            cfg.trainer.seed  # noqa: B018 - the access is the test
+    finally:
+        OmegaConf.clear_resolver("_test_kill_self")
     assert info.value.signum == signal.SIGTERM and "nothing to resume" in str(info.value)
     assert not isinstance(info.value, Exception)  # no `except Exception` anywhere may swallow or rebuild it
 
