@@ -99,9 +99,9 @@ def run(
 ) -> dict:
     C.set_threads(threads)
     results: dict[str, Any] = {"batch": batch, "threads": torch.get_num_threads(), "rounds": rounds, "sizes": {}}
+    chw, classes = C.data_shape(C.compose(overrides))  # the same data for every size
     for size_name in sizes:
         load0 = C.loadavg()
-        chw, classes = C.data_shape(C.compose(overrides))
         x, y = C.synthetic_batch(batch, chw, classes=classes)
         cs, compile_seconds = contenders(size_name, x, y, compile_, loop, overrides)
         per: dict = {}
