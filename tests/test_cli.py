@@ -21,7 +21,14 @@ from conftest import REPO, data_root
 from vit_lab.cli import cli, full_error
 from vit_lab.errors import ConfigError
 
-SCRIPTS = ("vit-lab-train", "vit-lab-compare", "vit-lab-evaluate", "vit-lab-predict", "vit-lab-attention")
+SCRIPTS = (
+    "vit-lab-train",
+    "vit-lab-compare",
+    "vit-lab-evaluate",
+    "vit-lab-ensemble",
+    "vit-lab-predict",
+    "vit-lab-attention",
+)
 
 
 def project_scripts() -> dict[str, str]:
@@ -120,6 +127,7 @@ def test_project_scripts_are_importable_callables():
     [
         ("vit-lab-compare", "usage:"),
         ("vit-lab-evaluate", "usage:"),
+        ("vit-lab-ensemble", "usage:"),
         ("vit-lab-predict", "usage:"),
         ("vit-lab-attention", "usage:"),
     ],

@@ -105,6 +105,19 @@ def test_tta_is_reported_beside_the_plain_accuracy(trained, tmp_path, capsys):
     assert f"with test-time augmentation (5 views) {100 * doc['tta']['accuracy']:.2f}%" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_an_ensemble_of_a_vit_and_a_cnn(trained, tmp_path):
+    """vit_lab.ensemble loads members as evaluate does: each member's accuracy is its run's test_acc, exactly."""
+    from vit_lab.ensemble import main as ensemble_main
+
+    assert ensemble_main([str(trained["vit"]), str(trained["cnn"]), "--out", str(tmp_path / "e.json")]) == 0
+    doc = read_json(tmp_path / "e.json")
+    metrics = [read_json(trained[k] / "metrics.json") for k in ("vit", "cnn")]
+    assert [m["accuracy"] for m in doc["members"]] == [m["test_acc"] for m in metrics]
+    assert doc["params"] == sum(m["n_params"] for m in metrics) and doc["n"] == 256
+    assert sum(map(sum, doc["confusion"])) == 256 and 0.0 <= doc["accuracy"] <= 1.0
+
+
 def _one_line_error(capsys, args, *needles):
     assert main([str(a) for a in args]) == 2
     err = capsys.readouterr().err
