@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_module
+from conftest import TINY, run_module, run_train
 from fake_runs import fake_run
 
 from vit_lab.ensemble import main
@@ -70,6 +70,22 @@ def test_a_sweep_folder_gives_its_completed_runs_in_order(tmp_path, capsys):
 
     assert main([str(sweep / "0"), str(sweep / "1"), "--weights", "best"]) == 2  # no best.pt: one line
     assert "no best.pt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_readme_recipe_a_seed_multirun_then_its_folder(tmp_path):
+    """`vit_lab.train -m ... trainer.seed=0,1` then `vit_lab.ensemble <sweep dir>`, as the README says, end to end."""
+    sweep = tmp_path / "multirun"
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = run_train("-m", *TINY, "trainer.epochs=1", "trainer.seed=0,1", f"hydra.sweep.dir={sweep}", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_module("vit_lab.ensemble", str(sweep), env=env)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((sweep / "ensemble.json").read_text())
+    metrics = [json.loads((sweep / job / "metrics.json").read_text()) for job in ("0", "1")]
+    assert [m["accuracy"] for m in doc["members"]] == [m["test_acc"] for m in metrics]
+    assert doc["params"] == 2 * metrics[0]["n_params"] and doc["n"] == 256
+    assert f"accuracy {100 * doc['accuracy']:.2f}%" in proc.stdout
 
 
 def _one_line_error(capsys, args, *needles):

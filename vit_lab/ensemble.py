@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,35 +24,23 @@ import torch
 import torch.nn.functional as F
 
 from vit_lab.errors import UserError
-from vit_lab.evaluate import WEIGHTS, LoadedRun, batches, load, probabilities
-from vit_lab.run_files import METRICS
-
-
-def _natural(path: Path) -> list[Any]:
-    """Sort key that puts multirun job 10 after job 9."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
-
-
-def _completed(run_dir: Path) -> bool:
-    from vit_lab.io import read_json
-
-    try:
-        return read_json(run_dir / METRICS).get("status") == "completed"
-    except (OSError, ValueError, AttributeError):
-        return False
+from vit_lab.evaluate import WEIGHTS, LoadedRun, all_probabilities, batches, load
 
 
 def find_members(paths: Sequence[str | Path]) -> list[Path]:
-    """Run directories: each path that is a run, and the completed runs inside each path that is not (a sweep)."""
+    """Run directories: each path that is a run, and the completed runs inside each path that is not (a sweep),
+    found and ordered as ``vit_lab.compare`` finds them (job 10 after job 9)."""
+    from vit_lab.compare.runs import discover, is_run_dir
+
     members: list[Path] = []
     for p in map(Path, paths):
         if not p.is_dir():
             raise UserError(f"{p}: no such directory; pass run directories or a folder of runs (a sweep)")
-        if (p / ".hydra" / "config.yaml").is_file():
+        if is_run_dir(p):
             members.append(p)
             continue
-        found = sorted((c.parent.parent for c in p.rglob(".hydra/config.yaml")), key=_natural)
-        done = [d for d in found if _completed(d)]
+        found = discover([p])
+        done = [r.dir for r in found if r.status == "completed"]
         if not done:
             raise UserError(f"{p}: holds no completed run ({len(found)} unfinished); pass finished run directories")
         members.extend(done)
@@ -67,18 +54,10 @@ def find_members(paths: Sequence[str | Path]) -> list[Path]:
     return members
 
 
-@torch.no_grad()
-def test_probabilities(run: LoadedRun) -> tuple[torch.Tensor, torch.Tensor]:
-    """The run's class probabilities for every test image, in order (float32, on the CPU), and the labels."""
-    from vit_lab.device import autocast
-
+def probabilities_on_test(run: LoadedRun) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's class probabilities for every test image, in order, and the labels."""
     data = run.spec.load(seed=run.cfg.trainer.seed)  # the trainer's split; the test split does not depend on it
-    run.model.eval()
-    out = []
-    for x, _ in batches(run, data.test_images, data.test_labels):
-        with autocast(run.device, run.precision):
-            out.append(probabilities(run.model, run.model(x)).cpu())
-    return torch.cat(out), data.test_labels
+    return all_probabilities(run, batches(run, data.test_images, data.test_labels)), data.test_labels
 
 
 def _check_same_split(first: tuple[Path, str, torch.Tensor], run: LoadedRun, labels: torch.Tensor) -> None:
@@ -99,7 +78,7 @@ def ensemble(members: Sequence[Path], weights: str = "last", overrides: Sequence
     rows: list[dict[str, Any]] = []
     for d in members:  # one model in memory at a time
         run = load(d, weights, overrides)
-        probs, labels = test_probabilities(run)
+        probs, labels = probabilities_on_test(run)
         first = first or (run.dir, run.spec.name, labels)
         _check_same_split(first, run, labels)
         total = probs if total is None else total + probs

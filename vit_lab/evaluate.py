@@ -227,19 +227,22 @@ def probabilities(model: torch.nn.Module, out: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_all(run: LoadedRun, batches_) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted class and its probability for every image, in order (on the CPU)."""
+def all_probabilities(run: LoadedRun, batches_) -> torch.Tensor:
+    """Class probabilities for every image, in order (float32, on the CPU)."""
     from vit_lab.device import autocast
 
     run.model.eval()  # vit_lab.train.evaluate leaves the model in training mode
-    preds, probs = [], []
+    out = []
     for x, _ in batches_:
         with autocast(run.device, run.precision):
-            p = probabilities(run.model, run.model(x))
-        conf, pred = p.max(dim=1)
-        preds.append(pred.cpu())
-        probs.append(conf.cpu())
-    return torch.cat(preds), torch.cat(probs)
+            out.append(probabilities(run.model, run.model(x)).cpu())
+    return torch.cat(out)
+
+
+def predict_all(run: LoadedRun, batches_) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted class and its probability for every image, in order (on the CPU)."""
+    probs, preds = all_probabilities(run, batches_).max(dim=1)
+    return preds, probs
 
 
 def evaluate_run(run: LoadedRun, tta: bool = False) -> dict[str, Any]:
