@@ -106,6 +106,9 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, capsys):
     _one_line_error(capsys, [a, tmp_path / "empty"], "holds no completed run")
     _one_line_error(capsys, [a, b], "share one test split", "(100 images)", "(256 images)", "data.test_limit")
     _one_line_error(capsys, [a, b, "model.depth=2"], "KEY under data")
+    (tmp_path / "afile").write_text("")
+    bad_out = ["--out", tmp_path / "afile" / "e.json"]
+    _one_line_error(capsys, [a, b, "data.test_limit=100", *bad_out], "cannot write", "afile")
     assert not list(tmp_path.rglob("ensemble*.json"))
     assert main([str(a), str(b), "data.test_limit=100"]) == 0  # one split for all: it works
     assert json.loads((tmp_path / "runs" / "ensemble.json").read_text())["n"] == 100

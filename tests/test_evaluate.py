@@ -136,6 +136,8 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     _one_line_error(capsys, [run, "data.num_classes=5"], "5 classes")
     _one_line_error(capsys, [run, "data=nope"], "data='nope'", "fashion_mnist, image_folder, mnist")
     _one_line_error(capsys, [run, "model.depth=2"], "KEY under data")
+    (tmp_path / "afile").write_text("")
+    _one_line_error(capsys, [run, "--out", tmp_path / "afile" / "eval.json"], "cannot write", "afile")
 
     other, _ = fake_run(tmp_path / "other", "model.depth=2")  # weights of another architecture
     (run / "checkpoint.pt").write_bytes((other / "checkpoint.pt").read_bytes())

@@ -581,6 +581,22 @@ def test_atomic_write_failure_keeps_previous_file(tmp_path):
     assert read(target) == [1, 2] and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_an_unwritable_path_is_one_user_error(tmp_path):
+    """A folder that is a file, or a path that is a folder: OutputError (a UserError, printed as one line by the
+    entry points, and still an OSError), naming the path; nothing left behind."""
+    from vit_lab.errors import OutputError, UserError
+
+    (tmp_path / "afile").write_text("x")
+    for bad in (tmp_path / "afile" / "out.json", tmp_path):
+        with pytest.raises(OutputError) as e:
+            write_json(bad, {"a": 1})
+        assert isinstance(e.value, UserError) and isinstance(e.value, OSError)
+        assert str(bad) in str(e.value) and "folder you can write to" in str(e.value) and "\n" not in str(e.value)
+        if bad.parent.name == "afile":
+            assert f"{bad.parent} is a file, not a folder" in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_complete_files(tmp_path):
     """Three runs that write every few milliseconds, each SIGKILLed at a random moment (set VIT_LAB_KILL_SEED to

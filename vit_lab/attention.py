@@ -230,11 +230,9 @@ def draw(cells: list[dict], ncols: int, out: str | Path, title: str, cell_inches
         ax.set_title(cell.get("title", ""), fontsize=8, color="tab:red" if cell.get("wrong") else "black")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, format="png")
-    plt.close(fig)
-    return out
+    from vit_lab.io import save_png
+
+    return save_png(fig, out)
 
 
 @torch.no_grad()

@@ -29,6 +29,11 @@ class DeviceError(UserError):
     """A requested device that this machine does not have."""
 
 
+class OutputError(UserError, OSError):
+    """A file that cannot be written where asked (a missing or read-only folder, a path under a file, a full disk);
+    also an OSError, so callers that tolerate a failed write (a cache) still catch it."""
+
+
 class Interrupted(BaseException):
     """SIGINT/SIGTERM arrived; in the loop, a checkpoint is saved at the step boundary first.
 

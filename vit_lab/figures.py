@@ -41,10 +41,9 @@ def _pyplot():
 
 
 def _save(fig, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, format="png")
-    _pyplot().close(fig)
-    return out
+    from vit_lab.io import save_png
+
+    return save_png(fig, out)
 
 
 def seed_runs(root: Path) -> dict[str, list[RunInfo]]:

@@ -11,13 +11,39 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vit_lab.errors import OutputError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> Path:
-    """Write through ``write(fileobj)`` into a temp file in the same folder, fsync, then rename over ``path``."""
+    """Write through ``write(fileobj)`` into a temp file in the same folder, fsync, then rename over ``path``.
+    A path that cannot be written raises OutputError (one line for the entry points), the old file left as it was."""
     path = Path(path)
+    try:
+        return _atomic_write(path, write, mode)
+    except OSError as e:
+        if isinstance(e, OutputError):
+            raise
+        blocker = next((a for a in path.parents if a.exists()), None)
+        why = e.strerror or type(e).__name__
+        if blocker is not None and not blocker.is_dir():
+            why = f"{blocker} is a file, not a folder"
+        raise OutputError(f"cannot write {path} ({why}); choose a path in a folder you can write to") from e
+
+
+def save_png(fig: Any, out: str | os.PathLike, dpi: int = 100) -> Path:
+    """A matplotlib figure as a PNG, written atomically; the figure is closed either way."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(out, lambda f: fig.savefig(f, dpi=dpi, format="png"), mode="wb")
+    finally:
+        plt.close(fig)
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

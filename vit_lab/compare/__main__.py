@@ -29,6 +29,7 @@ from vit_lab.compare.metrics import METRICS, canonical
 from vit_lab.compare.query import best_run, select
 from vit_lab.compare.render import render_csv, render_json, render_text
 from vit_lab.compare.runs import RunInfo, display_path, find, is_run_dir, load_run, natural_key, walk
+from vit_lab.errors import OutputError
 
 PROG = "python -m vit_lab.compare"
 FORMATS = ("table", "markdown", "csv", "json")
@@ -237,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] == "diff":
             return _run_diff(argv[1:])
         return _run_table(argv)
-    except (UsageError, NoRunsError) as e:
+    except (UsageError, NoRunsError, OutputError) as e:
         print(f"vit_lab.compare: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `... | head`

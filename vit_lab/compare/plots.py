@@ -54,11 +54,9 @@ def run_labels(runs: Sequence[RunInfo], keys: Sequence[str], width: int = 52) ->
 
 
 def _save(fig, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI, format="png")
-    _pyplot().close(fig)
-    return out
+    from vit_lab.io import save_png
+
+    return save_png(fig, out, DPI)
 
 
 def _finite(x: Any) -> bool:
